@@ -1,0 +1,91 @@
+//! Evaluation: mean query loss ± 95% CI over fresh tasks, after adaptation.
+
+use std::path::Path;
+
+use candle_core::{DType, Device};
+use rand::SeedableRng;
+use rand_chacha::ChaCha8Rng;
+use serde::Serialize;
+
+use crate::metasgd::{adapt, Support};
+use crate::model::{load_model, loss_per_task, LoadedModel};
+use crate::tasks::TaskFamily;
+
+/// One cell of the results table.
+#[derive(Clone, Debug, Serialize)]
+pub struct EvalResult {
+    pub model: String,
+    pub shots: usize,
+    pub steps: usize,
+    pub tasks: usize,
+    pub queries: usize,
+    pub mean: f64,
+    pub ci95: f64,
+}
+
+/// Mean and 95% normal-approximation half-width of a sample.
+pub fn mean_ci95(v: &[f64]) -> (f64, f64) {
+    let n = v.len() as f64;
+    let mean = v.iter().sum::<f64>() / n;
+    let var = v.iter().map(|x| (x - mean).powi(2)).sum::<f64>() / (n - 1.0).max(1.0);
+    (mean, 1.96 * (var / n).sqrt())
+}
+
+/// Per-task query losses of `model` on `tasks` fresh tasks (seeded), K shots, `steps` steps.
+pub fn task_losses(
+    model: &LoadedModel,
+    fam: &dyn TaskFamily,
+    shots: usize,
+    steps: usize,
+    tasks: usize,
+    queries: usize,
+    seed: u64,
+    device: &Device,
+) -> anyhow::Result<Vec<f64>> {
+    let mut rng = ChaCha8Rng::seed_from_u64(seed);
+    rng.set_stream(shots as u64);
+    let ep = fam.sample(&mut rng, tasks, shots, queries, device)?;
+    let arch = model.architecture();
+    let task = model.manifest.task;
+    let support = Support { x: ep.support_x, target: ep.support_t };
+    let a = adapt(arch, task, &model.theta, &model.alpha, &support, steps)?;
+    let per_task = loss_per_task(task, &arch.forward(&a.params, &ep.query_x)?, &ep.query_t)?;
+    Ok(per_task.to_dtype(DType::F64)?.to_vec1::<f64>()?)
+}
+
+/// Evaluates `model` at each shot count.
+#[allow(clippy::too_many_arguments)]
+pub fn evaluate(
+    model: &LoadedModel,
+    label: &str,
+    fam: &dyn TaskFamily,
+    shots: &[usize],
+    steps: usize,
+    tasks: usize,
+    queries: usize,
+    seed: u64,
+    device: &Device,
+) -> anyhow::Result<Vec<EvalResult>> {
+    shots
+        .iter()
+        .map(|&k| {
+            let (mean, ci95) = mean_ci95(&task_losses(model, fam, k, steps, tasks, queries, seed, device)?);
+            Ok(EvalResult { model: label.to_string(), shots: k, steps, tasks, queries, mean, ci95 })
+        })
+        .collect()
+}
+
+/// The model in `dir` and the baselines in `dir/baselines/*`, with labels.
+pub fn model_and_baselines(dir: &Path, device: &Device) -> anyhow::Result<Vec<(String, LoadedModel)>> {
+    let mut out = vec![("metasgd".to_string(), load_model(dir, device)?)];
+    let base = dir.join("baselines");
+    if base.is_dir() {
+        let mut dirs: Vec<_> = std::fs::read_dir(&base)?.filter_map(|e| e.ok()).map(|e| e.path()).filter(|p| p.join("manifest.json").exists()).collect();
+        dirs.sort();
+        for d in dirs {
+            let label = d.file_name().unwrap().to_string_lossy().into_owned();
+            out.push((label, load_model(&d, device)?));
+        }
+    }
+    Ok(out)
+}

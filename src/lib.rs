@@ -1,0 +1,14 @@
+//! metasgd: meta-trained models adapted to new tasks from a few examples,
+//! served over HTTP.
+//!
+//! Data flows one way: HTTP (`server`) → validation → sessions and
+//! adaptation (`metasgd::adapt`) → the model's forward function (`model`)
+//! → candle tensors. Meta-training (`metasgd::train`, `tasks`, `eval`) is
+//! reached only from the CLI.
+
+pub mod device;
+pub mod eval;
+pub mod metasgd;
+pub mod model;
+pub mod tasks;
+pub mod server;

@@ -1,0 +1,106 @@
+//! The `metasgd` command: `serve`, `train`, `eval` and `bench`.
+
+use std::path::PathBuf;
+
+use anyhow::Context;
+use clap::{Parser, Subcommand};
+
+use metasgd::eval::{evaluate, model_and_baselines};
+use metasgd::metasgd::train::{train, TrainConfig};
+use metasgd::metasgd::Order;
+use metasgd::tasks::family;
+
+#[derive(Parser)]
+#[command(name = "metasgd", version, about = "Meta-SGD few-shot adaptation: train, evaluate and serve models")]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Serve the models in a folder over HTTP.
+    Serve(metasgd::server::ServeConfig),
+    /// Meta-train a model (Meta-SGD or MAML) and write its folder.
+    Train {
+        #[command(flatten)]
+        cfg: TrainConfig,
+        /// Compute threads.
+        #[arg(long, env = "METASGD_THREADS", default_value_t = 1)]
+        threads: usize,
+        #[arg(long, default_value = "cpu")]
+        device: String,
+    },
+    /// Evaluate a model folder (and its baselines/) on fresh tasks.
+    Eval {
+        #[arg(long)]
+        model: PathBuf,
+        /// Shot counts K, comma separated.
+        #[arg(long, value_delimiter = ',', default_value = "5,10,20")]
+        shots: Vec<usize>,
+        #[arg(long, default_value_t = 1)]
+        steps: usize,
+        #[arg(long, default_value_t = 1000)]
+        tasks: usize,
+        #[arg(long, default_value_t = 100)]
+        queries: usize,
+        /// Seed of the evaluation tasks (training uses other streams).
+        #[arg(long, default_value_t = 20_171_002)]
+        seed: u64,
+        /// Also write the results as JSON here.
+        #[arg(long)]
+        json: Option<PathBuf>,
+        #[arg(long, env = "METASGD_THREADS", default_value_t = 2)]
+        threads: usize,
+    },
+}
+
+fn main() -> anyhow::Result<()> {
+    let cli = Cli::parse();
+    match cli.command {
+        Command::Serve(cfg) => {
+            metasgd::device::set_threads(cfg.threads);
+            tracing_subscriber::fmt()
+                .with_env_filter(
+                    tracing_subscriber::EnvFilter::try_from_env("METASGD_LOG").unwrap_or_else(|_| "info,tower_http=warn".into()),
+                )
+                .init();
+            let rt = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;
+            rt.block_on(metasgd::server::run(cfg))
+        }
+        Command::Train { cfg, threads, device } => {
+            metasgd::device::set_threads(threads);
+            if cfg.order == Order::Second {
+                // Must precede the first backward() of any thread; never set by `serve`.
+                std::env::set_var("CANDLE_GRAD_DO_NOT_DETACH", "1");
+            }
+            let device = metasgd::device::select(&device)?;
+            train(cfg, &device)
+        }
+        Command::Eval { model, shots, steps, tasks, queries, seed, json, threads } => {
+            metasgd::device::set_threads(threads);
+            let device = candle_core::Device::Cpu;
+            let models = model_and_baselines(&model, &device)?;
+            let fam_name = models[0].1.manifest.family.clone().context("the manifest names no task family")?;
+            let fam = family(&fam_name).with_context(|| format!("unknown task family {fam_name}"))?;
+            let mut all = Vec::new();
+            for (label, m) in &models {
+                all.extend(evaluate(m, label, fam.as_ref(), &shots, steps, tasks, queries, seed, &device)?);
+                all.extend(evaluate(m, &format!("{label} (0 steps)"), fam.as_ref(), &shots, 0, tasks, queries, seed, &device)?);
+            }
+            println!("{} tasks, {} query points, {} step(s); mean query loss ± 95% CI", tasks, queries, steps);
+            println!("| model | {} |", shots.iter().map(|k| format!("K={k}")).collect::<Vec<_>>().join(" | "));
+            println!("|---|{}", "---|".repeat(shots.len()));
+            let mut labels: Vec<&str> = all.iter().map(|r| r.model.as_str()).collect();
+            labels.dedup();
+            for l in labels {
+                let cells: Vec<String> = all.iter().filter(|r| r.model == l).map(|r| format!("{:.3} ± {:.3}", r.mean, r.ci95)).collect();
+                println!("| {l} | {} |", cells.join(" | "));
+            }
+            if let Some(p) = json {
+                std::fs::write(&p, serde_json::to_string_pretty(&all)? + "\n")?;
+            }
+            Ok(())
+        }
+    }
+}

@@ -1,0 +1,76 @@
+//! The meta-objective: the query loss after inner-loop adaptation, as a
+//! differentiable function of θ and α.
+//!
+//! Second order needs the inner gradients to stay in the graph, which
+//! candle 0.11 does only when `CANDLE_GRAD_DO_NOT_DETACH=1` is set before the
+//! thread's first `backward()`. The `train` command sets it for itself; the
+//! server never does.
+
+use candle_core::{Result, Tensor, Var};
+use serde::{Deserialize, Serialize};
+
+use crate::model::{loss_per_task, loss_sum, Architecture, TaskKind, Target};
+
+/// Whether meta-gradients flow through the inner gradients.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize, clap::ValueEnum)]
+#[serde(rename_all = "snake_case")]
+pub enum Order {
+    First,
+    Second,
+}
+
+/// A batch of `T` tasks, each with a support and a query set (`[T, N, in]`).
+#[derive(Clone, Debug)]
+pub struct Episode {
+    pub support_x: Tensor,
+    pub support_t: Target,
+    pub query_x: Tensor,
+    pub query_t: Target,
+}
+
+/// True when this thread's `backward()` keeps gradients differentiable.
+pub fn second_order_available() -> bool {
+    std::env::var("CANDLE_GRAD_DO_NOT_DETACH").map(|v| !v.is_empty() && v != "0").unwrap_or(false)
+}
+
+/// Mean over tasks of the query loss after `steps` inner steps from (θ, α).
+///
+/// `theta` and `alpha` are usually `Var`s; `alpha` may be a constant (MAML).
+/// With [`Order::First`] the inner gradients are treated as constants.
+pub fn meta_loss(
+    arch: &Architecture,
+    task: TaskKind,
+    theta: &[Tensor],
+    alpha: &[Tensor],
+    ep: &Episode,
+    steps: usize,
+    order: Order,
+) -> Result<Tensor> {
+    if order == Order::Second && !second_order_available() {
+        return Err(candle_core::Error::Msg(
+            "second order needs CANDLE_GRAD_DO_NOT_DETACH=1 set before the first backward".into(),
+        ));
+    }
+    let t = ep.support_x.dim(0)?;
+    let mut cur: Vec<Tensor> = theta.iter().map(|p| p.broadcast_left(t)).collect::<Result<_>>()?;
+    for _ in 0..steps {
+        // A zero variable added to each per-task parameter gives a node whose
+        // gradient store entry survives backward: the per-task gradient.
+        let zeros: Vec<Var> = cur.iter().map(|p| Var::zeros(p.shape(), p.dtype(), p.device())).collect::<Result<_>>()?;
+        let point: Vec<Tensor> = cur.iter().zip(&zeros).map(|(p, z)| p.add(z.as_tensor())).collect::<Result<_>>()?;
+        let inner = loss_sum(task, &arch.forward(&point, &ep.support_x)?, &ep.support_t)?;
+        let grads = inner.backward()?;
+        cur = point
+            .iter()
+            .zip(&zeros)
+            .zip(alpha)
+            .map(|((p, z), a)| {
+                let g = grads.get(z.as_tensor()).ok_or_else(|| candle_core::Error::Msg("missing inner gradient".into()))?;
+                let g = if order == Order::First { g.detach() } else { g.clone() };
+                p.sub(&g.broadcast_mul(a)?)
+            })
+            .collect::<Result<_>>()?;
+    }
+    let per_task = loss_per_task(task, &arch.forward(&cur, &ep.query_x)?, &ep.query_t)?;
+    per_task.mean_all()
+}

@@ -1,0 +1,262 @@
+//! Meta-training: Adam over meta-batches of tasks, with seeded sampling,
+//! periodic validation, a progress bar, and resumable checkpoints.
+//!
+//! Methods: Meta-SGD (θ and per-element α learned, first or second order)
+//! and MAML (θ learned, α a fixed scalar) as the baseline.
+
+use std::io::Write;
+use std::path::{Path, PathBuf};
+use std::time::Instant;
+
+use anyhow::{bail, Context};
+use candle_core::{DType, Device, Tensor, Var};
+use rand::SeedableRng;
+use rand_chacha::ChaCha8Rng;
+use serde::{Deserialize, Serialize};
+
+use super::adam::Adam;
+use super::{adapt, meta_loss, Order, Support};
+use crate::model::{loss_per_task, save_model, store, Architecture};
+use crate::tasks::{family, TaskFamily};
+
+/// What is meta-learned.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize, clap::ValueEnum)]
+#[serde(rename_all = "snake_case")]
+pub enum Method {
+    /// θ and a per-element learning rate α.
+    Metasgd,
+    /// θ only; α is the fixed scalar `--maml-alpha`.
+    Maml,
+}
+
+/// Every setting of a training run; saved as `train_config.json`.
+#[derive(Clone, Debug, Serialize, Deserialize, clap::Args)]
+pub struct TrainConfig {
+    /// Task family to meta-train on.
+    #[arg(long, default_value = "sinusoid")]
+    pub task: String,
+    /// Output model folder (checkpoints are kept there too).
+    #[arg(long)]
+    pub out: PathBuf,
+    /// Model name in the manifest (default: the folder name).
+    #[arg(long)]
+    pub name: Option<String>,
+    #[arg(long, value_enum, default_value = "metasgd")]
+    pub method: Method,
+    #[arg(long, value_enum, default_value = "second")]
+    pub order: Order,
+    #[arg(long, default_value_t = 200_000)]
+    pub iters: u64,
+    #[arg(long, default_value_t = 25)]
+    pub meta_batch: usize,
+    #[arg(long, default_value_t = 10)]
+    pub k_support: usize,
+    #[arg(long, default_value_t = 10)]
+    pub k_query: usize,
+    #[arg(long, default_value_t = 1)]
+    pub inner_steps: usize,
+    #[arg(long, default_value_t = 1e-3)]
+    pub meta_lr: f64,
+    /// Meta-SGD: α starts uniform in [alpha_lo, alpha_hi].
+    #[arg(long, default_value_t = 0.005)]
+    pub alpha_lo: f64,
+    #[arg(long, default_value_t = 0.1)]
+    pub alpha_hi: f64,
+    /// MAML: the fixed inner learning rate.
+    #[arg(long, default_value_t = 0.01)]
+    pub maml_alpha: f64,
+    #[arg(long, default_value_t = 0)]
+    pub seed: u64,
+    /// Validate every this many iterations.
+    #[arg(long, default_value_t = 5_000)]
+    pub val_every: u64,
+    /// Number of validation tasks (fixed, drawn from a separate seed).
+    #[arg(long, default_value_t = 500)]
+    pub val_tasks: usize,
+    /// Checkpoint every this many iterations.
+    #[arg(long, default_value_t = 5_000)]
+    pub ckpt_every: u64,
+    /// Continue from the checkpoint in `--out` if there is one.
+    #[arg(long)]
+    pub resume: bool,
+}
+
+#[derive(Serialize, Deserialize)]
+struct CheckpointMeta {
+    iter: u64,
+    adam_step: u64,
+    ema_loss: f64,
+    elapsed_s: f64,
+    config: TrainConfig,
+}
+
+/// PyTorch's default `Linear` initialisation: U(±1/√fan_in) for weight and bias.
+fn init_theta(arch: &Architecture, rng: &mut ChaCha8Rng, device: &Device) -> anyhow::Result<Vec<Tensor>> {
+    use rand::Rng;
+    let mut out = Vec::new();
+    let mut fan_in = arch.input_dim();
+    for spec in arch.params() {
+        if spec.shape.len() == 2 {
+            fan_in = spec.shape[1];
+        }
+        let bound = 1.0 / (fan_in as f32).sqrt();
+        let n: usize = spec.shape.iter().product();
+        let v: Vec<f32> = (0..n).map(|_| rng.random_range(-bound..bound)).collect();
+        out.push(Tensor::from_vec(v, spec.shape.as_slice(), device)?);
+    }
+    Ok(out)
+}
+
+fn init_alpha(cfg: &TrainConfig, arch: &Architecture, rng: &mut ChaCha8Rng, device: &Device) -> anyhow::Result<Vec<Tensor>> {
+    use rand::Rng;
+    arch.params()
+        .iter()
+        .map(|spec| {
+            Ok(match cfg.method {
+                Method::Maml => Tensor::new(cfg.maml_alpha as f32, device)?,
+                Method::Metasgd => {
+                    let n: usize = spec.shape.iter().product();
+                    let v: Vec<f32> = (0..n).map(|_| rng.random_range(cfg.alpha_lo as f32..cfg.alpha_hi as f32)).collect();
+                    Tensor::from_vec(v, spec.shape.as_slice(), device)?
+                }
+            })
+        })
+        .collect()
+}
+
+/// Mean query loss over a fixed set of tasks after `steps` first-order steps.
+pub fn validate(fam: &dyn TaskFamily, arch: &Architecture, theta: &[Tensor], alpha: &[Tensor], cfg: &TrainConfig, device: &Device) -> anyhow::Result<f64> {
+    let mut rng = ChaCha8Rng::seed_from_u64(cfg.seed.wrapping_add(1_000_003));
+    let ep = fam.sample(&mut rng, cfg.val_tasks, cfg.k_support, 100, device)?;
+    let task = fam.manifest("val").task;
+    let support = Support { x: ep.support_x.clone(), target: ep.support_t.clone() };
+    let a = adapt(arch, task, theta, alpha, &support, cfg.inner_steps)?;
+    let per_task = loss_per_task(task, &arch.forward(&a.params, &ep.query_x)?, &ep.query_t)?;
+    Ok(per_task.mean_all()?.to_dtype(DType::F64)?.to_scalar::<f64>()?)
+}
+
+fn log_line(path: &Path, line: &str) -> anyhow::Result<()> {
+    let mut f = std::fs::OpenOptions::new().create(true).append(true).open(path)?;
+    writeln!(f, "{line}")?;
+    Ok(())
+}
+
+/// Runs (or resumes) a training run and writes the finished model into `cfg.out`.
+pub fn train(cfg: TrainConfig, device: &Device) -> anyhow::Result<()> {
+    let fam = family(&cfg.task).with_context(|| format!("unknown task family {:?}", cfg.task))?;
+    if cfg.order == Order::Second && !super::meta::second_order_available() {
+        bail!("second order needs CANDLE_GRAD_DO_NOT_DETACH=1 before the first backward (the train command sets it)");
+    }
+    let name = cfg.name.clone().unwrap_or_else(|| {
+        cfg.out.file_name().map(|s| s.to_string_lossy().into_owned()).unwrap_or_else(|| cfg.task.clone())
+    });
+    let mut manifest = fam.manifest(&name);
+    let arch = manifest.architecture.clone();
+    std::fs::create_dir_all(&cfg.out)?;
+    let ckpt = cfg.out.join("checkpoint.safetensors");
+    let ckpt_meta = cfg.out.join("checkpoint.json");
+    let log = cfg.out.join("train.log");
+
+    let mut rng = ChaCha8Rng::seed_from_u64(cfg.seed);
+    let (mut theta0, mut alpha0) = (init_theta(&arch, &mut rng, device)?, init_alpha(&cfg, &arch, &mut rng, device)?);
+    let (mut start, mut ema, mut elapsed0, mut adam_state) = (0u64, f64::NAN, 0.0, None);
+    if cfg.resume && ckpt_meta.exists() {
+        let meta: CheckpointMeta = serde_json::from_str(&std::fs::read_to_string(&ckpt_meta)?)?;
+        let groups = if cfg.method == Method::Metasgd {
+            vec!["theta", "alpha", "m_theta", "v_theta", "m_alpha", "v_alpha"]
+        } else {
+            vec!["theta", "alpha", "m_theta", "v_theta"]
+        };
+        let mut g = store::load_params(&ckpt, &arch, &groups, device)?.into_iter();
+        theta0 = g.next().unwrap();
+        alpha0 = g.next().unwrap();
+        adam_state = Some((meta.adam_step, g.collect::<Vec<_>>()));
+        (start, ema, elapsed0) = (meta.iter, meta.ema_loss, meta.elapsed_s);
+        log_line(&log, &format!("resumed at iteration {start}"))?;
+    } else {
+        let _ = std::fs::remove_file(&log);
+        log_line(&log, &format!("config {}", serde_json::to_string(&cfg)?))?;
+    }
+
+    let theta: Vec<Var> = theta0.iter().map(Var::from_tensor).collect::<candle_core::Result<_>>()?;
+    let alpha_vars: Vec<Var> = match cfg.method {
+        Method::Metasgd => alpha0.iter().map(Var::from_tensor).collect::<candle_core::Result<_>>()?,
+        Method::Maml => vec![],
+    };
+    let mut vars: Vec<Var> = theta.clone();
+    vars.extend(alpha_vars.iter().cloned());
+    let mut adam = Adam::new(&vars, cfg.meta_lr)?;
+    if let Some((step, mv)) = adam_state {
+        adam.step = step;
+        let n = theta.len();
+        adam.m = mv[0].clone();
+        adam.v = mv[1].clone();
+        if cfg.method == Method::Metasgd {
+            adam.m.extend(mv[2].clone());
+            adam.v.extend(mv[3].clone());
+        }
+        debug_assert_eq!(adam.m.len(), n + alpha_vars.len());
+    }
+    let alpha_of = |alpha_vars: &[Var]| -> Vec<Tensor> {
+        if alpha_vars.is_empty() { alpha0.clone() } else { alpha_vars.iter().map(|v| v.as_tensor().clone()).collect() }
+    };
+
+    let pb = indicatif::ProgressBar::new(cfg.iters);
+    pb.set_style(indicatif::ProgressStyle::with_template("{bar:40} {pos}/{len} [{elapsed_precise}<{eta_precise}] {msg}")?);
+    pb.set_position(start);
+    let t0 = Instant::now();
+    for it in start..cfg.iters {
+        let mut rng = ChaCha8Rng::seed_from_u64(cfg.seed);
+        rng.set_stream(it + 1);
+        let ep = fam.sample(&mut rng, cfg.meta_batch, cfg.k_support, cfg.k_query, device)?;
+        let th: Vec<Tensor> = theta.iter().map(|v| v.as_tensor().clone()).collect();
+        let loss = meta_loss(&arch, manifest.task, &th, &alpha_of(&alpha_vars), &ep, cfg.inner_steps, cfg.order)?;
+        let grads = loss.backward()?;
+        let gs: Vec<Tensor> = vars
+            .iter()
+            .map(|v| grads.get(v.as_tensor()).cloned().context("no gradient for a meta-parameter"))
+            .collect::<anyhow::Result<_>>()?;
+        adam.update(&vars, &gs)?;
+        let l = loss.to_dtype(DType::F64)?.to_scalar::<f64>()?;
+        if !l.is_finite() {
+            bail!("meta-loss became {l} at iteration {it}");
+        }
+        ema = if ema.is_nan() { l } else { 0.999 * ema + 0.001 * l };
+        pb.inc(1);
+        let done = it + 1;
+        let elapsed = elapsed0 + t0.elapsed().as_secs_f64();
+        if done % cfg.val_every == 0 || done == cfg.iters {
+            let val = validate(fam.as_ref(), &arch, &th, &alpha_of(&alpha_vars), &cfg, device)?;
+            let line = format!(
+                "iter {done} train_query_loss_ema {ema:.4} val_query_loss {val:.4} elapsed_s {elapsed:.1} tasks_per_s {:.0}",
+                (done - start) as f64 * cfg.meta_batch as f64 / t0.elapsed().as_secs_f64()
+            );
+            pb.set_message(format!("ema {ema:.3} val {val:.3}"));
+            pb.println(&line);
+            log_line(&log, &line)?;
+        }
+        if done % cfg.ckpt_every == 0 || done == cfg.iters {
+            let th: Vec<Tensor> = theta.iter().map(|v| v.as_tensor().clone()).collect();
+            let al = alpha_of(&alpha_vars);
+            let n = theta.len();
+            let mut groups: Vec<(&str, &[Tensor])> =
+                vec![("theta", &th), ("alpha", &al), ("m_theta", &adam.m[..n]), ("v_theta", &adam.v[..n])];
+            if cfg.method == Method::Metasgd {
+                groups.push(("m_alpha", &adam.m[n..]));
+                groups.push(("v_alpha", &adam.v[n..]));
+            }
+            store::save_params(&ckpt, &arch, &groups)?;
+            let meta = CheckpointMeta { iter: done, adam_step: adam.step, ema_loss: ema, elapsed_s: elapsed, config: cfg.clone() };
+            std::fs::write(&ckpt_meta, serde_json::to_string_pretty(&meta)?)?;
+        }
+    }
+    pb.finish();
+    let th: Vec<Tensor> = theta.iter().map(|v| v.as_tensor().clone()).collect();
+    manifest.description = format!(
+        "{} Meta-trained by `metasgd train` ({:?}, {:?} order, {} iterations, meta-batch {}, K={}).",
+        manifest.description, cfg.method, cfg.order, cfg.iters, cfg.meta_batch, cfg.k_support
+    );
+    save_model(&cfg.out, &manifest, &th, &alpha_of(&alpha_vars))?;
+    std::fs::write(cfg.out.join("train_config.json"), serde_json::to_string_pretty(&cfg)? + "\n")?;
+    Ok(())
+}

@@ -1,0 +1,97 @@
+//! The model manifest: what a model folder's `manifest.json` declares.
+
+use serde::{Deserialize, Serialize};
+
+use super::Architecture;
+
+/// Regression (MSE) or classification (cross-entropy).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum TaskKind {
+    Regression,
+    Classification,
+}
+
+/// The kind of a model's inputs.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum InputKind {
+    Vector,
+    Image,
+    Text,
+}
+
+/// What one input looks like.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct InputSpec {
+    pub kind: InputKind,
+    pub shape: Vec<usize>,
+}
+
+/// A model folder's `manifest.json`.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct Manifest {
+    /// The model's name; by default the folder name.
+    pub name: String,
+    pub task: TaskKind,
+    pub input: InputSpec,
+    pub architecture: Architecture,
+    /// For classification: the most classes one session may use.
+    #[serde(default)]
+    pub n_way: Option<usize>,
+    pub default_steps: usize,
+    pub max_steps: usize,
+    /// The safetensors file holding `theta.*` and `alpha.*`, relative to the folder.
+    #[serde(default = "default_weights")]
+    pub weights: String,
+    /// The task family it was meta-trained on (`train --task`), used by `eval`.
+    #[serde(default)]
+    pub family: Option<String>,
+    /// Free-form notes on how the model was made (method, data, results).
+    #[serde(default)]
+    pub description: String,
+}
+
+fn default_weights() -> String {
+    "model.safetensors".to_string()
+}
+
+impl Manifest {
+    /// Checks the manifest is self-consistent.
+    pub fn validate(&self) -> Result<(), String> {
+        self.architecture.validate()?;
+        let in_dim: usize = self.input.shape.iter().product();
+        if in_dim != self.architecture.input_dim() {
+            return Err(format!(
+                "input shape {:?} has {} values but the architecture takes {}",
+                self.input.shape,
+                in_dim,
+                self.architecture.input_dim()
+            ));
+        }
+        if self.input.kind != InputKind::Vector {
+            return Err(format!("input kind {:?} is not supported yet", self.input.kind));
+        }
+        match (self.task, self.n_way) {
+            (TaskKind::Classification, None) => return Err("classification needs n_way".into()),
+            (TaskKind::Classification, Some(n)) if n < 2 || n > self.architecture.output_dim() => {
+                return Err(format!(
+                    "n_way {n} must be between 2 and the number of outputs {}",
+                    self.architecture.output_dim()
+                ))
+            }
+            (TaskKind::Regression, Some(_)) => return Err("regression models have no n_way".into()),
+            (TaskKind::Regression, None) if self.architecture.output_dim() != 1 => {
+                return Err("regression models have exactly one output".into())
+            }
+            _ => {}
+        }
+        if self.max_steps == 0 || self.default_steps == 0 || self.default_steps > self.max_steps {
+            return Err(format!(
+                "need 1 <= default_steps ({}) <= max_steps ({})",
+                self.default_steps, self.max_steps
+            ));
+        }
+        Ok(())
+    }
+}

@@ -1,0 +1,150 @@
+//! Models as pure functions of named parameter tensors.
+//!
+//! An [`Architecture`] names its parameters and their shapes, and `forward`
+//! maps a batch of tasks' inputs to outputs. Parameters may be shared by all
+//! tasks (a weight of shape `[out, in]`) or carry a leading task dimension
+//! (`[T, out, in]`), which is what adaptation produces: one θ' per task.
+
+pub mod manifest;
+pub mod store;
+
+use candle_core::{Result, Tensor, D};
+use serde::{Deserialize, Serialize};
+
+pub use manifest::{InputKind, InputSpec, Manifest, TaskKind};
+pub use store::{load_model, save_model, LoadedModel, ModelError};
+
+/// The network that maps inputs to outputs. Weights use torch's `Linear`
+/// layout, `[out, in]`, with `y = x·Wᵀ + b`.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(tag = "type", rename_all = "snake_case")]
+pub enum Architecture {
+    /// A multi-layer perceptron with ReLU between layers (none after the last).
+    Mlp { sizes: Vec<usize> },
+}
+
+/// A parameter's name and shape.
+#[derive(Clone, Debug, PartialEq)]
+pub struct ParamSpec {
+    pub name: String,
+    pub shape: Vec<usize>,
+}
+
+impl Architecture {
+    /// The parameters in their canonical order: `l1.weight`, `l1.bias`, `l2.weight`, ...
+    pub fn params(&self) -> Vec<ParamSpec> {
+        match self {
+            Architecture::Mlp { sizes } => sizes
+                .windows(2)
+                .enumerate()
+                .flat_map(|(i, w)| {
+                    [
+                        ParamSpec { name: format!("l{}.weight", i + 1), shape: vec![w[1], w[0]] },
+                        ParamSpec { name: format!("l{}.bias", i + 1), shape: vec![w[1]] },
+                    ]
+                })
+                .collect(),
+        }
+    }
+
+    /// Number of scalar parameters in θ.
+    pub fn num_params(&self) -> usize {
+        self.params().iter().map(|p| p.shape.iter().product::<usize>()).sum()
+    }
+
+    /// Flattened input size.
+    pub fn input_dim(&self) -> usize {
+        match self {
+            Architecture::Mlp { sizes } => sizes[0],
+        }
+    }
+
+    /// Number of outputs.
+    pub fn output_dim(&self) -> usize {
+        match self {
+            Architecture::Mlp { sizes } => *sizes.last().unwrap_or(&0),
+        }
+    }
+
+    /// Checks the architecture itself is well formed.
+    pub fn validate(&self) -> std::result::Result<(), String> {
+        match self {
+            Architecture::Mlp { sizes } => {
+                if sizes.len() < 2 || sizes.contains(&0) {
+                    return Err(format!("mlp sizes must have at least 2 non-zero entries, got {sizes:?}"));
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// Forward pass. `x` is `[T, N, in]`; each parameter is either shared
+    /// (its spec's shape) or per task (a leading `T`). Returns `[T, N, out]`.
+    pub fn forward(&self, params: &[Tensor], x: &Tensor) -> Result<Tensor> {
+        match self {
+            Architecture::Mlp { sizes } => {
+                let layers = sizes.len() - 1;
+                let mut h = x.clone();
+                for l in 0..layers {
+                    let (w, b) = (&params[2 * l], &params[2 * l + 1]);
+                    h = h.broadcast_matmul(&w.t()?)?;
+                    // A per-task bias is [T, out]; it adds to [T, N, out] as [T, 1, out].
+                    let b = if b.rank() == 2 { b.unsqueeze(1)? } else { b.clone() };
+                    h = h.broadcast_add(&b)?;
+                    if l + 1 < layers {
+                        h = h.relu()?;
+                    }
+                }
+                Ok(h)
+            }
+        }
+    }
+}
+
+/// Per-task mean losses, summed over tasks. `pred` is `[T, N, out]`.
+///
+/// Summing (not averaging) over tasks makes the gradient with respect to a
+/// per-task parameter exactly that task's own gradient, whatever `T` is.
+pub fn loss_sum(task: TaskKind, pred: &Tensor, target: &Target) -> Result<Tensor> {
+    let per_task = loss_per_task(task, pred, target)?;
+    per_task.sum_all()
+}
+
+/// Per-task mean loss, shape `[T]`.
+pub fn loss_per_task(task: TaskKind, pred: &Tensor, target: &Target) -> Result<Tensor> {
+    match (task, target) {
+        (TaskKind::Regression, Target::Values(y)) => {
+            // y is [T, N, out]
+            pred.sub(y)?.sqr()?.flatten_from(1)?.mean(1)
+        }
+        (TaskKind::Classification, Target::OneHot(onehot)) => {
+            // onehot is [T, N, C] with C <= out: extra outputs are masked out.
+            let c = onehot.dim(D::Minus1)?;
+            let logits = pred.narrow(D::Minus1, 0, c)?;
+            let m = logits.max_keepdim(D::Minus1)?.detach();
+            let lse = logits.broadcast_sub(&m)?.exp()?.sum_keepdim(D::Minus1)?.log()?.broadcast_add(&m)?;
+            let logp = logits.broadcast_sub(&lse)?;
+            let n = onehot.dim(1)? as f64;
+            (logp * onehot)?.sum(D::Minus1)?.sum(1)?.affine(-1.0 / n, 0.0)
+        }
+        _ => Err(candle_core::Error::Msg("target does not match the task kind".into())),
+    }
+}
+
+/// What a loss compares predictions with.
+#[derive(Clone, Debug)]
+pub enum Target {
+    /// Regression targets, `[T, N, out]`.
+    Values(Tensor),
+    /// Classification targets as one-hot rows, `[T, N, C]`.
+    OneHot(Tensor),
+}
+
+impl Target {
+    /// The same target on another device (or just cloned).
+    pub fn tensor(&self) -> &Tensor {
+        match self {
+            Target::Values(t) | Target::OneHot(t) => t,
+        }
+    }
+}

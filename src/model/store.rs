@@ -1,0 +1,158 @@
+//! Loading and saving a model folder: `manifest.json` plus θ and α in safetensors.
+//!
+//! The weights file holds `theta.<param>` for every parameter of the
+//! architecture and `alpha.<param>` with either the same shape (Meta-SGD) or
+//! one scalar per tensor (MAML, per-layer learning rates).
+
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+
+use candle_core::{DType, Device, Tensor};
+use sha2::{Digest, Sha256};
+
+use super::{Architecture, Manifest};
+
+/// Why a model folder could not be loaded. Every variant names the file.
+#[derive(Debug, thiserror::Error)]
+pub enum ModelError {
+    #[error("{path}: cannot read: {source}")]
+    Io { path: PathBuf, source: std::io::Error },
+    #[error("{path}: invalid manifest: {msg}")]
+    Manifest { path: PathBuf, msg: String },
+    #[error("{path}: invalid weights: {msg}")]
+    Weights { path: PathBuf, msg: String },
+}
+
+/// A model ready to adapt: its manifest, θ and α in the architecture's order.
+#[derive(Clone, Debug)]
+pub struct LoadedModel {
+    pub manifest: Manifest,
+    pub theta: Vec<Tensor>,
+    pub alpha: Vec<Tensor>,
+    /// Hex SHA-256 of θ and α (names, shapes and f32 bytes).
+    pub version: String,
+    pub dir: PathBuf,
+}
+
+impl LoadedModel {
+    pub fn architecture(&self) -> &Architecture {
+        &self.manifest.architecture
+    }
+
+    /// The same model on another device.
+    pub fn to_device(&self, device: &Device) -> candle_core::Result<Self> {
+        let mv = |ts: &[Tensor]| ts.iter().map(|t| t.to_device(device)).collect::<candle_core::Result<Vec<_>>>();
+        Ok(Self { theta: mv(&self.theta)?, alpha: mv(&self.alpha)?, ..self.clone() })
+    }
+}
+
+/// Loads and validates the model in `dir`.
+pub fn load_model(dir: &Path, device: &Device) -> Result<LoadedModel, ModelError> {
+    let manifest_path = dir.join("manifest.json");
+    let text = std::fs::read_to_string(&manifest_path)
+        .map_err(|source| ModelError::Io { path: manifest_path.clone(), source })?;
+    let manifest: Manifest = serde_json::from_str(&text)
+        .map_err(|e| ModelError::Manifest { path: manifest_path.clone(), msg: e.to_string() })?;
+    manifest.validate().map_err(|msg| ModelError::Manifest { path: manifest_path.clone(), msg })?;
+
+    let weights_path = dir.join(&manifest.weights);
+    let bytes = std::fs::read(&weights_path).map_err(|source| ModelError::Io { path: weights_path.clone(), source })?;
+    let werr = |msg: String| ModelError::Weights { path: weights_path.clone(), msg };
+    let mut tensors = candle_core::safetensors::load_buffer(&bytes, &Device::Cpu).map_err(|e| werr(e.to_string()))?;
+
+    let mut theta = Vec::new();
+    let mut alpha = Vec::new();
+    for spec in manifest.architecture.params() {
+        let t = tensors
+            .remove(&format!("theta.{}", spec.name))
+            .ok_or_else(|| werr(format!("missing tensor theta.{}", spec.name)))?;
+        if t.dims() != spec.shape.as_slice() {
+            return Err(werr(format!("theta.{} has shape {:?}, expected {:?}", spec.name, t.dims(), spec.shape)));
+        }
+        let a = tensors
+            .remove(&format!("alpha.{}", spec.name))
+            .ok_or_else(|| werr(format!("missing tensor alpha.{}", spec.name)))?;
+        let a = match a.dims() {
+            d if d == spec.shape.as_slice() => a,
+            [] => a,
+            [1] => a.reshape(()).map_err(|e| werr(e.to_string()))?,
+            d => {
+                return Err(werr(format!(
+                    "alpha.{} has shape {:?}: it must match theta.{} {:?} or be a scalar",
+                    spec.name, d, spec.name, spec.shape
+                )))
+            }
+        };
+        for (kind, t) in [("theta", &t), ("alpha", &a)] {
+            let t32 = t.to_dtype(DType::F32).map_err(|e| werr(e.to_string()))?;
+            let v = t32.flatten_all().and_then(|t| t.to_vec1::<f32>()).map_err(|e| werr(e.to_string()))?;
+            if v.iter().any(|x| !x.is_finite()) {
+                return Err(werr(format!("{kind}.{} holds NaN or infinite values", spec.name)));
+            }
+        }
+        theta.push(t.to_dtype(DType::F32).map_err(|e| werr(e.to_string()))?);
+        alpha.push(a.to_dtype(DType::F32).map_err(|e| werr(e.to_string()))?);
+    }
+    if let Some(extra) = tensors.keys().next() {
+        return Err(werr(format!("unexpected tensor {extra}")));
+    }
+    let version = digest(&manifest.architecture, &theta, &alpha).map_err(|e| werr(e.to_string()))?;
+    let model = LoadedModel { manifest, theta, alpha, version, dir: dir.to_path_buf() };
+    model.to_device(device).map_err(|e| werr(format!("cannot move to {device:?}: {e}")))
+}
+
+/// Writes `manifest.json` and the weights file into `dir` (created if needed).
+pub fn save_model(dir: &Path, manifest: &Manifest, theta: &[Tensor], alpha: &[Tensor]) -> anyhow::Result<()> {
+    std::fs::create_dir_all(dir)?;
+    save_params(&dir.join(&manifest.weights), &manifest.architecture, &[("theta", theta), ("alpha", alpha)])?;
+    std::fs::write(dir.join("manifest.json"), serde_json::to_string_pretty(manifest)? + "\n")?;
+    Ok(())
+}
+
+/// Saves groups of parameters as `<prefix>.<param>` in one safetensors file,
+/// atomically (written beside, then renamed).
+pub fn save_params(path: &Path, arch: &Architecture, groups: &[(&str, &[Tensor])]) -> anyhow::Result<()> {
+    let specs = arch.params();
+    let mut map = HashMap::new();
+    for (prefix, ts) in groups {
+        anyhow::ensure!(ts.len() == specs.len(), "{prefix}: {} tensors for {} parameters", ts.len(), specs.len());
+        for (spec, t) in specs.iter().zip(ts.iter()) {
+            map.insert(format!("{prefix}.{}", spec.name), t.to_device(&Device::Cpu)?.to_dtype(DType::F32)?);
+        }
+    }
+    let tmp = path.with_extension("tmp");
+    candle_core::safetensors::save(&map, &tmp)?;
+    std::fs::rename(&tmp, path)?;
+    Ok(())
+}
+
+/// Loads `<prefix>.<param>` groups saved by [`save_params`].
+pub fn load_params(path: &Path, arch: &Architecture, prefixes: &[&str], device: &Device) -> anyhow::Result<Vec<Vec<Tensor>>> {
+    let mut map = candle_core::safetensors::load(path, device)?;
+    prefixes
+        .iter()
+        .map(|p| {
+            arch.params()
+                .iter()
+                .map(|s| {
+                    map.remove(&format!("{p}.{}", s.name))
+                        .ok_or_else(|| anyhow::anyhow!("{}: missing {p}.{}", path.display(), s.name))
+                })
+                .collect()
+        })
+        .collect()
+}
+
+/// Hex SHA-256 over names, shapes and f32 little-endian bytes of θ then α.
+pub fn digest(arch: &Architecture, theta: &[Tensor], alpha: &[Tensor]) -> candle_core::Result<String> {
+    let mut h = Sha256::new();
+    for (prefix, ts) in [("theta", theta), ("alpha", alpha)] {
+        for (spec, t) in arch.params().iter().zip(ts) {
+            h.update(format!("{prefix}.{}:{:?};", spec.name, t.dims()).as_bytes());
+            for v in t.flatten_all()?.to_dtype(DType::F32)?.to_vec1::<f32>()? {
+                h.update(v.to_le_bytes());
+            }
+        }
+    }
+    Ok(hex::encode(h.finalize()))
+}

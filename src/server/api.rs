@@ -1,0 +1,107 @@
+//! The API's request and response bodies, exactly as `openapi.yaml` describes them.
+
+use serde::{Deserialize, Serialize};
+use serde_json::Value;
+
+use crate::model::{InputSpec, TaskKind};
+
+#[derive(Serialize)]
+pub struct Status {
+    pub status: &'static str,
+}
+
+#[derive(Clone, Serialize)]
+pub struct ModelInfo {
+    pub name: String,
+    pub task: TaskKind,
+    pub input: InputSpec,
+    pub n_way: Option<usize>,
+    pub default_steps: usize,
+    pub max_steps: usize,
+    pub num_params: usize,
+    pub version: String,
+}
+
+#[derive(Serialize)]
+pub struct ModelList {
+    pub models: Vec<ModelInfo>,
+}
+
+/// A few-shot support set: `inputs[i]` is labelled `labels[i]`.
+#[derive(Clone, Debug, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct SupportSet {
+    pub inputs: Vec<Value>,
+    pub labels: Vec<Value>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct CreateSession {
+    pub support: SupportSet,
+    #[serde(default)]
+    pub steps: Option<i64>,
+    #[serde(default)]
+    pub ttl_seconds: Option<i64>,
+}
+
+#[derive(Serialize)]
+pub struct SessionCreated {
+    pub session_id: String,
+    pub model: String,
+    pub steps: usize,
+    pub support_size: usize,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub classes: Option<Vec<Value>>,
+    pub loss_before: f32,
+    pub loss_after: f32,
+    pub expires_at: String,
+}
+
+#[derive(Serialize)]
+pub struct SessionInfo {
+    pub session_id: String,
+    pub model: String,
+    pub steps: usize,
+    pub support_size: usize,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub classes: Option<Vec<Value>>,
+    pub created_at: String,
+    pub expires_at: String,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PredictRequest {
+    pub inputs: Vec<Value>,
+}
+
+/// `GET /v1/sessions/{id}/predict?inputs=<JSON array>`.
+#[derive(Deserialize)]
+pub struct PredictQuery {
+    pub inputs: String,
+}
+
+#[derive(Serialize)]
+pub struct SessionPredictions {
+    pub session_id: String,
+    pub predictions: Vec<Value>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub probabilities: Option<Vec<Vec<f32>>>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct StatelessPredict {
+    pub support: SupportSet,
+    #[serde(default)]
+    pub steps: Option<i64>,
+    pub inputs: Vec<Value>,
+}
+
+#[derive(Serialize)]
+pub struct Predictions {
+    pub predictions: Vec<Value>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub probabilities: Option<Vec<Vec<f32>>>,
+}

@@ -1,0 +1,72 @@
+//! The core between validation and tensors: adapt a model on a validated
+//! support set, and predict with adapted parameters. Blocking; the routes
+//! run it on the compute pool.
+
+use candle_core::{Device, Tensor, D};
+use serde_json::Value;
+
+use super::validate::{ValidLabels, ValidSupport};
+use crate::metasgd::{adapt, Support};
+use crate::model::{LoadedModel, TaskKind, Target};
+
+/// An adapted model for one task: parameters with a leading task dim of 1.
+pub struct AdaptedModel {
+    pub params: Vec<Tensor>,
+    pub loss_before: f32,
+    pub loss_after: f32,
+}
+
+fn input_tensor(model: &LoadedModel, flat: &[f32], n: usize, device: &Device) -> candle_core::Result<Tensor> {
+    let dim = model.architecture().input_dim();
+    Tensor::from_slice(flat, (1, n, dim), device)
+}
+
+/// Runs `steps` adaptation steps on the support set.
+pub fn adapt_support(model: &LoadedModel, s: &ValidSupport, steps: usize, device: &Device) -> candle_core::Result<AdaptedModel> {
+    let x = input_tensor(model, &s.inputs, s.n, device)?;
+    let target = match &s.labels {
+        ValidLabels::Values(v) => Target::Values(Tensor::from_slice(v, (1, s.n, 1), device)?),
+        ValidLabels::Classes { index, classes } => {
+            let c = classes.len();
+            let mut onehot = vec![0f32; s.n * c];
+            for (i, &k) in index.iter().enumerate() {
+                onehot[i * c + k as usize] = 1.0;
+            }
+            Target::OneHot(Tensor::from_vec(onehot, (1, s.n, c), device)?)
+        }
+    };
+    let a = adapt(model.architecture(), model.manifest.task, &model.theta, &model.alpha, &Support { x, target }, steps)?;
+    Ok(AdaptedModel { params: a.params, loss_before: a.loss_before[0], loss_after: a.loss_after[0] })
+}
+
+/// Predictions (and class probabilities for classification) for `n` inputs.
+pub fn predict(
+    model: &LoadedModel,
+    params: &[Tensor],
+    classes: Option<&[Value]>,
+    flat: &[f32],
+    n: usize,
+    device: &Device,
+) -> candle_core::Result<(Vec<Value>, Option<Vec<Vec<f32>>>)> {
+    let out = model.architecture().forward(params, &input_tensor(model, flat, n, device)?)?.squeeze(0)?;
+    match (model.manifest.task, classes) {
+        (TaskKind::Classification, Some(classes)) => {
+            let logits = out.narrow(D::Minus1, 0, classes.len())?;
+            let m = logits.max_keepdim(D::Minus1)?;
+            let e = logits.broadcast_sub(&m)?.exp()?;
+            let p = e.broadcast_div(&e.sum_keepdim(D::Minus1)?)?.to_vec2::<f32>()?;
+            let labels = p
+                .iter()
+                .map(|row| {
+                    let k = row.iter().enumerate().fold(0, |b, (i, v)| if *v > row[b] { i } else { b });
+                    classes[k].clone()
+                })
+                .collect();
+            Ok((labels, Some(p)))
+        }
+        _ => {
+            let v = out.flatten_all()?.to_vec1::<f32>()?;
+            Ok((v.into_iter().map(|y| serde_json::json!(y)).collect(), None))
+        }
+    }
+}

@@ -1,0 +1,80 @@
+//! Prometheus metrics: the process-wide recorder, the request middleware,
+//! and the names of everything the server records.
+
+use std::sync::OnceLock;
+use std::time::Instant;
+
+use axum::extract::{MatchedPath, Request};
+use axum::middleware::Next;
+use axum::response::Response;
+use metrics::{counter, describe_counter, describe_gauge, describe_histogram, gauge, histogram};
+use metrics_exporter_prometheus::{Matcher, PrometheusBuilder, PrometheusHandle};
+
+use super::sessions::Removed;
+
+const BUCKETS: [f64; 14] = [0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5];
+
+/// The process-wide Prometheus handle; installs the recorder on first use.
+pub fn handle() -> PrometheusHandle {
+    static HANDLE: OnceLock<PrometheusHandle> = OnceLock::new();
+    HANDLE
+        .get_or_init(|| {
+            let recorder = PrometheusBuilder::new()
+                .set_buckets_for_metric(Matcher::Suffix("duration_seconds".into()), &BUCKETS)
+                .expect("non-empty buckets")
+                .build_recorder();
+            let handle = recorder.handle();
+            // Fails only if another recorder is installed; then ours stays empty.
+            let _ = metrics::set_global_recorder(recorder);
+            describe();
+            handle
+        })
+        .clone()
+}
+
+fn describe() {
+    describe_counter!("metasgd_http_requests_total", "HTTP requests by route, method and status");
+    describe_histogram!("metasgd_http_request_duration_seconds", "HTTP request latency by route and method");
+    describe_counter!("metasgd_adaptations_total", "Adaptations run, by model");
+    describe_histogram!("metasgd_adaptation_duration_seconds", "Time spent adapting, by model");
+    describe_counter!("metasgd_predictions_total", "Inputs predicted, by model");
+    describe_gauge!("metasgd_sessions_live", "Sessions held by the session store");
+    describe_counter!("metasgd_session_evictions_total", "Sessions removed by the store: reason lru or expired");
+    describe_counter!("metasgd_overload_rejections_total", "Requests answered 429 because the compute queue was full");
+}
+
+/// Records requests by route and status, and their latency.
+pub async fn track(req: Request, next: Next) -> Response {
+    let route = req.extensions().get::<MatchedPath>().map(|p| p.as_str().to_owned()).unwrap_or_else(|| "unmatched".into());
+    let method = req.method().to_string();
+    let start = Instant::now();
+    let resp = next.run(req).await;
+    let status = resp.status().as_u16().to_string();
+    histogram!("metasgd_http_request_duration_seconds", "route" => route.clone(), "method" => method.clone())
+        .record(start.elapsed().as_secs_f64());
+    counter!("metasgd_http_requests_total", "route" => route, "method" => method, "status" => status).increment(1);
+    resp
+}
+
+pub fn adaptation(model: &str, seconds: f64) {
+    counter!("metasgd_adaptations_total", "model" => model.to_owned()).increment(1);
+    histogram!("metasgd_adaptation_duration_seconds", "model" => model.to_owned()).record(seconds);
+}
+
+pub fn predictions(model: &str, n: usize) {
+    counter!("metasgd_predictions_total", "model" => model.to_owned()).increment(n as u64);
+}
+
+pub fn sessions(live: usize, removed: Removed) {
+    gauge!("metasgd_sessions_live").set(live as f64);
+    if removed.evicted > 0 {
+        counter!("metasgd_session_evictions_total", "reason" => "lru").increment(removed.evicted as u64);
+    }
+    if removed.expired > 0 {
+        counter!("metasgd_session_evictions_total", "reason" => "expired").increment(removed.expired as u64);
+    }
+}
+
+pub fn overloaded() {
+    counter!("metasgd_overload_rejections_total").increment(1);
+}

@@ -1,0 +1,229 @@
+//! The HTTP server: configuration, router, middleware stack, and lifecycle
+//! (model loading, warm-up, readiness, session sweeping, graceful shutdown).
+
+pub mod api;
+pub mod engine;
+pub mod error;
+pub mod json;
+pub mod metrics;
+pub mod routes;
+pub mod sessions;
+pub mod state;
+pub mod validate;
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+
+use axum::extract::DefaultBodyLimit;
+use axum::http::StatusCode;
+use axum::Router;
+use tokio::sync::Semaphore;
+use tower::ServiceBuilder;
+use tower_http::timeout::TimeoutLayer;
+use tower_http::trace::TraceLayer;
+
+use self::sessions::{MemoryStore, SessionStore};
+use self::state::{load_models, AppState, Inner};
+use self::validate::Limits;
+
+/// `metasgd serve` options; each can also be set from its `METASGD_*` variable.
+#[derive(Clone, Debug, clap::Args)]
+pub struct ServeConfig {
+    #[arg(long, env = "METASGD_HOST", default_value = "0.0.0.0")]
+    pub host: String,
+    #[arg(long, env = "METASGD_PORT", default_value_t = 8080)]
+    pub port: u16,
+    /// Folder whose subfolders are model folders.
+    #[arg(long, env = "METASGD_MODELS", default_value = "models")]
+    pub models: PathBuf,
+    /// auto, cpu, cuda or cuda:N.
+    #[arg(long, env = "METASGD_DEVICE", default_value = "auto")]
+    pub device: String,
+    /// Compute threads (candle's CPU kernels; also the number of adaptations run at once).
+    #[arg(long, env = "METASGD_THREADS", default_value_t = default_threads())]
+    pub threads: usize,
+    /// Compute requests admitted at once, running or queued; more get 429.
+    #[arg(long, env = "METASGD_MAX_CONCURRENCY", default_value_t = 64)]
+    pub max_concurrency: usize,
+    /// Most sessions held; the least recently used is evicted beyond it.
+    #[arg(long, env = "METASGD_MAX_SESSIONS", default_value_t = 10_000)]
+    pub max_sessions: usize,
+    /// Session lifetime when the request gives no `ttl_seconds`.
+    #[arg(long, env = "METASGD_SESSION_TTL", default_value_t = 3600)]
+    pub session_ttl: u64,
+    /// Longest `ttl_seconds` a client may ask for.
+    #[arg(long, env = "METASGD_MAX_TTL", default_value_t = 86_400)]
+    pub max_ttl: u64,
+    /// Largest request body, in bytes (413 beyond).
+    #[arg(long, env = "METASGD_MAX_BODY_BYTES", default_value_t = 4 << 20)]
+    pub max_body_bytes: usize,
+    /// Most examples in a support set.
+    #[arg(long, env = "METASGD_MAX_SUPPORT", default_value_t = 10_000)]
+    pub max_support: usize,
+    /// Most inputs in one predict request.
+    #[arg(long, env = "METASGD_MAX_INPUTS", default_value_t = 10_000)]
+    pub max_inputs: usize,
+    /// Per-request compute timeout, in seconds.
+    #[arg(long, env = "METASGD_REQUEST_TIMEOUT", default_value_t = 30)]
+    pub request_timeout: u64,
+}
+
+pub fn default_threads() -> usize {
+    std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1)
+}
+
+impl ServeConfig {
+    /// Defaults, for tests and embedding.
+    pub fn with_models(models: impl Into<PathBuf>) -> Self {
+        use clap::Parser;
+        #[derive(clap::Parser)]
+        struct P {
+            #[command(flatten)]
+            c: ServeConfig,
+        }
+        let mut c = P::parse_from(["metasgd"]).c;
+        c.models = models.into();
+        c
+    }
+}
+
+/// Loads the models and builds the shared state (not yet ready).
+pub fn build_state(cfg: &ServeConfig) -> anyhow::Result<AppState> {
+    let device = crate::device::select(&cfg.device)?;
+    let models = load_models(&cfg.models, &device)?;
+    let sessions: Arc<dyn SessionStore> = Arc::new(MemoryStore::new(cfg.max_sessions));
+    Ok(AppState(Arc::new(Inner {
+        models,
+        sessions,
+        admission: Arc::new(Semaphore::new(cfg.max_concurrency.max(1))),
+        workers: Arc::new(Semaphore::new(cfg.threads.max(1))),
+        ready: false.into(),
+        device,
+        limits: Limits { max_support: cfg.max_support, max_inputs: cfg.max_inputs, max_ttl_seconds: cfg.max_ttl },
+        default_ttl_seconds: cfg.session_ttl,
+        request_timeout: Duration::from_secs(cfg.request_timeout.max(1)),
+    })))
+}
+
+/// The router with its middleware stack.
+pub fn app(state: AppState, max_body_bytes: usize) -> Router {
+    let _ = metrics::handle();
+    let timeout = state.request_timeout + Duration::from_secs(5);
+    let mut router = Router::new();
+    for r in routes::routes() {
+        router = router.route(r.path, r.handler);
+    }
+    router
+        .method_not_allowed_fallback(routes::method_not_allowed)
+        .route_layer(axum::middleware::from_fn(metrics::track))
+        .fallback(routes::not_found)
+        .layer(
+            ServiceBuilder::new()
+                .layer(TraceLayer::new_for_http())
+                .layer(TimeoutLayer::with_status_code(StatusCode::SERVICE_UNAVAILABLE, timeout))
+                .layer(DefaultBodyLimit::max(max_body_bytes)),
+        )
+        .with_state(state)
+}
+
+/// Runs one adaptation and one prediction per model, then marks the state ready.
+pub async fn warm_up(state: &AppState) -> anyhow::Result<()> {
+    for (name, served) in &state.models {
+        let m = &served.model.manifest;
+        let dim: usize = m.input.shape.iter().product();
+        let labels = match m.task {
+            crate::model::TaskKind::Regression => validate::ValidLabels::Values(vec![0.0]),
+            crate::model::TaskKind::Classification => {
+                validate::ValidLabels::Classes { index: vec![0], classes: vec![serde_json::json!("warm-up")] }
+            }
+        };
+        let support = validate::ValidSupport { inputs: vec![0.0; dim], n: 1, labels };
+        let served = served.clone();
+        state
+            .compute(move |dev| {
+                let a = engine::adapt_support(&served.model, &support, 1, dev)?;
+                let classes = match &support.labels {
+                    validate::ValidLabels::Classes { classes, .. } => Some(classes.clone()),
+                    _ => None,
+                };
+                engine::predict(&served.model, &a.params, classes.as_deref(), &support.inputs, 1, dev)
+            })
+            .await
+            .map_err(|e| anyhow::anyhow!("warm-up of model {name} failed: {e}"))?;
+    }
+    state.set_ready(true);
+    Ok(())
+}
+
+/// Serves on `listener` until `shutdown` resolves; readiness turns false
+/// first, and requests in flight finish.
+pub async fn serve(
+    listener: tokio::net::TcpListener,
+    state: AppState,
+    max_body_bytes: usize,
+    shutdown: impl std::future::Future<Output = ()> + Send + 'static,
+) -> anyhow::Result<()> {
+    let warm = state.clone();
+    tokio::spawn(async move {
+        match warm_up(&warm).await {
+            Ok(()) => tracing::info!("models warmed up; ready"),
+            Err(e) => tracing::error!(error = %e, "warm-up failed; staying not ready"),
+        }
+    });
+    let sweep = state.clone();
+    tokio::spawn(async move {
+        let mut tick = tokio::time::interval(Duration::from_secs(5));
+        loop {
+            tick.tick().await;
+            let removed = sweep.sessions.purge_expired();
+            metrics::sessions(sweep.sessions.len(), removed);
+            metrics::handle().run_upkeep();
+        }
+    });
+    let on_stop = state.clone();
+    let app = app(state, max_body_bytes);
+    axum::serve(listener, app)
+        .with_graceful_shutdown(async move {
+            shutdown.await;
+            on_stop.set_ready(false);
+            tracing::info!("shutting down: not ready, draining requests in flight");
+        })
+        .await?;
+    Ok(())
+}
+
+/// Resolves on SIGTERM or Ctrl-C.
+pub async fn shutdown_signal() {
+    let ctrl_c = async {
+        let _ = tokio::signal::ctrl_c().await;
+    };
+    #[cfg(unix)]
+    let term = async {
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(mut s) => {
+                s.recv().await;
+            }
+            Err(_) => std::future::pending::<()>().await,
+        }
+    };
+    #[cfg(not(unix))]
+    let term = std::future::pending::<()>();
+    tokio::select! { _ = ctrl_c => {}, _ = term => {} }
+}
+
+/// `metasgd serve`: load, bind, serve until SIGTERM.
+pub async fn run(cfg: ServeConfig) -> anyhow::Result<()> {
+    let state = build_state(&cfg)?;
+    for (name, m) in &state.models {
+        tracing::info!(model = %name, version = %m.info.version, params = m.info.num_params, "loaded");
+    }
+    let addr: SocketAddr = format!("{}:{}", cfg.host, cfg.port)
+        .parse()
+        .or_else(|_| std::net::ToSocketAddrs::to_socket_addrs(&(cfg.host.as_str(), cfg.port)).map(|mut a| a.next().unwrap()))
+        .map_err(|e| anyhow::anyhow!("invalid --host/--port {}:{}: {e}", cfg.host, cfg.port))?;
+    let listener = tokio::net::TcpListener::bind(addr).await.map_err(|e| anyhow::anyhow!("cannot listen on {addr}: {e}"))?;
+    tracing::info!(%addr, device = %crate::device::name(&state.device), threads = cfg.threads, "listening");
+    serve(listener, state, cfg.max_body_bytes, shutdown_signal()).await
+}

@@ -1,0 +1,181 @@
+//! Request validation: JSON values to checked numbers, before any tensor is made.
+//!
+//! Everything a client can get wrong is caught here and answered with a 422
+//! that says what is wrong and how to fix it.
+
+use serde_json::Value;
+
+use super::api::SupportSet;
+use super::error::AppError;
+use crate::model::{InputKind, Manifest, TaskKind};
+
+/// Limits on request sizes, from the server's flags.
+#[derive(Clone, Debug)]
+pub struct Limits {
+    pub max_support: usize,
+    pub max_inputs: usize,
+    pub max_ttl_seconds: u64,
+}
+
+/// A support set that passed validation.
+#[derive(Clone, Debug)]
+pub struct ValidSupport {
+    /// Row-major `[N, in]`.
+    pub inputs: Vec<f32>,
+    pub n: usize,
+    pub labels: ValidLabels,
+}
+
+#[derive(Clone, Debug)]
+pub enum ValidLabels {
+    Values(Vec<f32>),
+    /// Class index per example, and the label value of each class in output order.
+    Classes { index: Vec<u32>, classes: Vec<Value> },
+}
+
+/// Parses inputs of the model's kind and shape into a row-major `[N, in]` buffer.
+pub fn inputs(m: &Manifest, values: &[Value], field: &str, max: usize) -> Result<Vec<f32>, AppError> {
+    if values.is_empty() {
+        return Err(AppError::invalid("empty_inputs", format!("`{field}` is empty: send at least one input")));
+    }
+    if values.len() > max {
+        return Err(AppError::invalid("too_many_inputs", format!("`{field}` has {} items; the limit is {max}", values.len())));
+    }
+    let dim: usize = m.input.shape.iter().product();
+    let mut out = Vec::with_capacity(values.len() * dim);
+    for (i, v) in values.iter().enumerate() {
+        match m.input.kind {
+            InputKind::Vector => vector(v, dim, &format!("{field}[{i}]"), &mut out)?,
+            kind => {
+                return Err(AppError::invalid("unsupported_input_kind", format!("inputs of kind {kind:?} are not supported")))
+            }
+        }
+    }
+    Ok(out)
+}
+
+fn vector(v: &Value, dim: usize, at: &str, out: &mut Vec<f32>) -> Result<(), AppError> {
+    let arr = v.as_array().ok_or_else(|| {
+        AppError::invalid("invalid_input", format!("{at} must be an array of {dim} numbers, got {}", kind_of(v)))
+    })?;
+    if arr.len() != dim {
+        return Err(AppError::invalid(
+            "wrong_dimensions",
+            format!("{at} has {} values; this model takes inputs of exactly {dim}", arr.len()),
+        ));
+    }
+    for (j, x) in arr.iter().enumerate() {
+        out.push(finite(x, &format!("{at}[{j}]"))?);
+    }
+    Ok(())
+}
+
+fn finite(x: &Value, at: &str) -> Result<f32, AppError> {
+    let f = x
+        .as_f64()
+        .ok_or_else(|| AppError::invalid("invalid_input", format!("{at} must be a number, got {}", kind_of(x))))?;
+    let f32v = f as f32;
+    if !f32v.is_finite() {
+        return Err(AppError::invalid("non_finite_input", format!("{at} = {f} is not a finite 32-bit float")));
+    }
+    Ok(f32v)
+}
+
+fn kind_of(v: &Value) -> &'static str {
+    match v {
+        Value::Null => "null",
+        Value::Bool(_) => "a boolean",
+        Value::Number(_) => "a number",
+        Value::String(_) => "a string",
+        Value::Array(_) => "an array",
+        Value::Object(_) => "an object",
+    }
+}
+
+/// Validates a support set against the model.
+pub fn support(m: &Manifest, s: &SupportSet, limits: &Limits) -> Result<ValidSupport, AppError> {
+    if s.inputs.is_empty() {
+        return Err(AppError::invalid("empty_support", "the support set is empty: send at least one labelled example"));
+    }
+    if s.inputs.len() != s.labels.len() {
+        return Err(AppError::invalid(
+            "label_mismatch",
+            format!("support has {} inputs but {} labels: send one label per input", s.inputs.len(), s.labels.len()),
+        ));
+    }
+    if s.inputs.len() > limits.max_support {
+        return Err(AppError::invalid(
+            "support_too_large",
+            format!("the support set has {} examples; the limit is {}", s.inputs.len(), limits.max_support),
+        ));
+    }
+    let x = inputs(m, &s.inputs, "support.inputs", limits.max_support)?;
+    let labels = match m.task {
+        TaskKind::Regression => ValidLabels::Values(
+            s.labels.iter().enumerate().map(|(i, v)| finite(v, &format!("support.labels[{i}]"))).collect::<Result<_, _>>()?,
+        ),
+        TaskKind::Classification => classes(s, m.n_way.unwrap_or(0))?,
+    };
+    Ok(ValidSupport { inputs: x, n: s.inputs.len(), labels })
+}
+
+fn classes(s: &SupportSet, n_way: usize) -> Result<ValidLabels, AppError> {
+    let mut classes: Vec<Value> = Vec::new();
+    let mut index = Vec::with_capacity(s.labels.len());
+    for (i, v) in s.labels.iter().enumerate() {
+        let ok = v.is_string() || v.is_i64() || v.is_u64();
+        if !ok {
+            return Err(AppError::invalid(
+                "invalid_label",
+                format!("support.labels[{i}] must be a string or an integer, got {}", kind_of(v)),
+            ));
+        }
+        let k = match classes.iter().position(|c| c == v) {
+            Some(k) => k,
+            None => {
+                classes.push(v.clone());
+                classes.len() - 1
+            }
+        };
+        index.push(k as u32);
+    }
+    if classes.len() > n_way {
+        return Err(AppError::invalid(
+            "too_many_classes",
+            format!("the support set has {} distinct labels; this model handles at most {n_way}", classes.len()),
+        ));
+    }
+    Ok(ValidLabels::Classes { index, classes })
+}
+
+/// `steps` defaults to the model's and must lie in `1..=max_steps`.
+pub fn steps(m: &Manifest, steps: Option<i64>) -> Result<usize, AppError> {
+    match steps {
+        None => Ok(m.default_steps),
+        Some(s) if s >= 1 && s as u64 <= m.max_steps as u64 => Ok(s as usize),
+        Some(s) => Err(AppError::invalid(
+            "invalid_steps",
+            format!("steps = {s} is out of range: use 1 to {} (default {})", m.max_steps, m.default_steps),
+        )),
+    }
+}
+
+/// `ttl_seconds` defaults to the server's and must lie in `1..=max`.
+pub fn ttl(ttl: Option<i64>, default: u64, max: u64) -> Result<u64, AppError> {
+    match ttl {
+        None => Ok(default.min(max)),
+        Some(t) if t >= 1 && t as u64 <= max => Ok(t as u64),
+        Some(t) => Err(AppError::invalid("invalid_ttl", format!("ttl_seconds = {t} is out of range: use 1 to {max}"))),
+    }
+}
+
+/// Parses `?inputs=` of the GET predict route: a JSON array.
+pub fn query_inputs(raw: &str) -> Result<Vec<Value>, AppError> {
+    serde_json::from_str::<Vec<Value>>(raw).map_err(|e| {
+        AppError::new(
+            axum::http::StatusCode::BAD_REQUEST,
+            "invalid_query",
+            format!("`inputs` must be a URL-encoded JSON array of inputs: {e}"),
+        )
+    })
+}

@@ -1,0 +1,147 @@
+//! Gradient check of the meta-gradient: autograd (second order) against
+//! central finite differences of the meta-loss, in f64, for 1 and 3 steps.
+//!
+//! This binary sets `CANDLE_GRAD_DO_NOT_DETACH=1` for itself, as `train` does.
+
+use candle_core::{DType, Device, Tensor, Var};
+use metasgd::metasgd::{meta_loss, Episode, Order};
+use metasgd::model::{Architecture, TaskKind, Target};
+use rand::{Rng, SeedableRng};
+use rand_chacha::ChaCha8Rng;
+
+fn enable_second_order() {
+    static ONCE: std::sync::Once = std::sync::Once::new();
+    ONCE.call_once(|| std::env::set_var("CANDLE_GRAD_DO_NOT_DETACH", "1"));
+}
+
+fn rand_tensor(rng: &mut ChaCha8Rng, shape: &[usize], lo: f64, hi: f64) -> Tensor {
+    let n: usize = shape.iter().product();
+    let v: Vec<f64> = (0..n).map(|_| rng.random_range(lo..hi)).collect();
+    Tensor::from_vec(v, shape, &Device::Cpu).unwrap()
+}
+
+struct Problem {
+    arch: Architecture,
+    task: TaskKind,
+    theta: Vec<Tensor>,
+    alpha: Vec<Tensor>,
+    ep: Episode,
+}
+
+fn problem(task: TaskKind, seed: u64) -> Problem {
+    let mut rng = ChaCha8Rng::seed_from_u64(seed);
+    let out = if task == TaskKind::Regression { 1 } else { 3 };
+    let arch = Architecture::Mlp { sizes: vec![2, 6, 5, out] };
+    let theta: Vec<Tensor> = arch.params().iter().map(|s| rand_tensor(&mut rng, &s.shape, -0.8, 0.8)).collect();
+    // α includes negative entries, as trained α does.
+    let alpha: Vec<Tensor> = arch.params().iter().map(|s| rand_tensor(&mut rng, &s.shape, -0.05, 0.3)).collect();
+    let (t, k, q) = (2, 5, 4);
+    let target = |rng: &mut ChaCha8Rng, n: usize| match task {
+        TaskKind::Regression => Target::Values(rand_tensor(rng, &[t, n, 1], -2.0, 2.0)),
+        TaskKind::Classification => {
+            let mut v = vec![0f64; t * n * out];
+            for i in 0..t * n {
+                v[i * out + rng.random_range(0..out)] = 1.0;
+            }
+            Target::OneHot(Tensor::from_vec(v, (t, n, out), &Device::Cpu).unwrap())
+        }
+    };
+    let ep = Episode {
+        support_x: rand_tensor(&mut rng, &[t, k, 2], -2.0, 2.0),
+        support_t: target(&mut rng, k),
+        query_x: rand_tensor(&mut rng, &[t, q, 2], -2.0, 2.0),
+        query_t: target(&mut rng, q),
+    };
+    Problem { arch, task, theta, alpha, ep }
+}
+
+fn loss_at(p: &Problem, theta: &[Tensor], alpha: &[Tensor], steps: usize, order: Order) -> f64 {
+    meta_loss(&p.arch, p.task, theta, alpha, &p.ep, steps, order).unwrap().to_scalar::<f64>().unwrap()
+}
+
+/// Autograd meta-gradients (θ then α), flattened per tensor.
+fn autograd(p: &Problem, steps: usize, order: Order) -> (Vec<Vec<f64>>, Vec<Vec<f64>>) {
+    let tv: Vec<Var> = p.theta.iter().map(|t| Var::from_tensor(t).unwrap()).collect();
+    let av: Vec<Var> = p.alpha.iter().map(|t| Var::from_tensor(t).unwrap()).collect();
+    let tt: Vec<Tensor> = tv.iter().map(|v| v.as_tensor().clone()).collect();
+    let at: Vec<Tensor> = av.iter().map(|v| v.as_tensor().clone()).collect();
+    let loss = meta_loss(&p.arch, p.task, &tt, &at, &p.ep, steps, order).unwrap();
+    let g = loss.backward().unwrap();
+    let flat = |ts: &[Tensor]| -> Vec<Vec<f64>> {
+        ts.iter().map(|t| g.get(t).unwrap().flatten_all().unwrap().to_vec1::<f64>().unwrap()).collect()
+    };
+    (flat(&tt), flat(&at))
+}
+
+/// Central finite differences of the exact (second-order) meta-loss.
+fn finite_differences(p: &Problem, steps: usize, wrt_alpha: bool) -> Vec<Vec<f64>> {
+    let eps = 1e-6;
+    let base = if wrt_alpha { &p.alpha } else { &p.theta };
+    (0..base.len())
+        .map(|i| {
+            let flat = base[i].flatten_all().unwrap().to_vec1::<f64>().unwrap();
+            (0..flat.len())
+                .map(|j| {
+                    let bumped = |d: f64| {
+                        let mut v = flat.clone();
+                        v[j] += d;
+                        let mut ts = base.clone();
+                        ts[i] = Tensor::from_vec(v, base[i].shape(), &Device::Cpu).unwrap();
+                        if wrt_alpha {
+                            loss_at(p, &p.theta, &ts, steps, Order::Second)
+                        } else {
+                            loss_at(p, &ts, &p.alpha, steps, Order::Second)
+                        }
+                    };
+                    (bumped(eps) - bumped(-eps)) / (2.0 * eps)
+                })
+                .collect()
+        })
+        .collect()
+}
+
+fn max_rel_err(a: &[Vec<f64>], b: &[Vec<f64>]) -> f64 {
+    let scale = b.iter().flatten().fold(0f64, |m, x| m.max(x.abs())).max(1e-12);
+    a.iter().flatten().zip(b.iter().flatten()).fold(0f64, |m, (x, y)| m.max((x - y).abs())) / scale
+}
+
+fn check(task: TaskKind, steps: usize) {
+    enable_second_order();
+    let p = problem(task, 7 + steps as u64);
+    assert_eq!(p.theta[0].dtype(), DType::F64);
+    let (gt, ga) = autograd(&p, steps, Order::Second);
+    let (ft, fa) = (finite_differences(&p, steps, false), finite_differences(&p, steps, true));
+    let (et, ea) = (max_rel_err(&gt, &ft), max_rel_err(&ga, &fa));
+    assert!(et < 1e-6, "{task:?} {steps} step(s): θ meta-gradient off by {et:e} (relative to max |grad|)");
+    assert!(ea < 1e-6, "{task:?} {steps} step(s): α meta-gradient off by {ea:e}");
+    // The gradients are not trivially zero.
+    assert!(gt.iter().flatten().any(|x| x.abs() > 1e-4) && ga.iter().flatten().any(|x| x.abs() > 1e-4));
+}
+
+#[test]
+fn metagradient_matches_finite_differences_one_step() {
+    check(TaskKind::Regression, 1);
+}
+
+#[test]
+fn metagradient_matches_finite_differences_three_steps() {
+    check(TaskKind::Regression, 3);
+}
+
+#[test]
+fn metagradient_matches_finite_differences_cross_entropy() {
+    check(TaskKind::Classification, 1);
+    check(TaskKind::Classification, 3);
+}
+
+/// With one step, the first-order α-gradient −∇L_q(θ')∘g is already exact,
+/// while the first-order θ-gradient drops the Hessian term and is not.
+#[test]
+fn first_order_alpha_gradient_is_exact_for_one_step() {
+    enable_second_order();
+    let p = problem(TaskKind::Regression, 11);
+    let (st, sa) = autograd(&p, 1, Order::Second);
+    let (ft, fa) = autograd(&p, 1, Order::First);
+    assert!(max_rel_err(&fa, &sa) < 1e-12, "first-order α-gradient differs from the exact one");
+    assert!(max_rel_err(&ft, &st) > 1e-4, "first-order θ-gradient should differ from the exact one");
+}
