@@ -7,10 +7,16 @@ pub fn select(spec: &str) -> anyhow::Result<Device> {
     let spec = spec.trim().to_ascii_lowercase();
     match spec.as_str() {
         "cpu" => Ok(Device::Cpu),
-        "auto" => Ok(if candle_core::utils::cuda_is_available() { Device::new_cuda(0).unwrap_or(Device::Cpu) } else { Device::Cpu }),
+        "auto" => Ok(if candle_core::utils::cuda_is_available() {
+            Device::new_cuda(0).unwrap_or(Device::Cpu)
+        } else {
+            Device::Cpu
+        }),
         s if s == "cuda" || s.starts_with("cuda:") => {
             let ordinal = match s.strip_prefix("cuda:") {
-                Some(n) => n.parse::<usize>().map_err(|_| anyhow::anyhow!("invalid device {s:?}: expected cuda:N"))?,
+                Some(n) => n
+                    .parse::<usize>()
+                    .map_err(|_| anyhow::anyhow!("invalid device {s:?}: expected cuda:N"))?,
                 None => 0,
             };
             if !candle_core::utils::cuda_is_available() {
@@ -18,7 +24,8 @@ pub fn select(spec: &str) -> anyhow::Result<Device> {
                     "--device {s}: this binary was built without CUDA support; rebuild with `cargo build --release --features cuda`, or use --device cpu"
                 );
             }
-            Device::new_cuda(ordinal).map_err(|e| anyhow::anyhow!("--device {s}: cannot open CUDA device {ordinal}: {e}"))
+            Device::new_cuda(ordinal)
+                .map_err(|e| anyhow::anyhow!("--device {s}: cannot open CUDA device {ordinal}: {e}"))
         }
         other => anyhow::bail!("invalid device {other:?}: expected auto, cpu, cuda or cuda:N"),
     }

@@ -7,8 +7,10 @@ use rand::SeedableRng;
 use rand_chacha::ChaCha8Rng;
 use serde::Serialize;
 
-use crate::metasgd::{adapt, Support};
-use crate::model::{load_model, loss_per_task, LoadedModel};
+use candle_core::Tensor;
+
+use crate::metasgd::{adapt, Episode, Support};
+use crate::model::{load_model, loss_per_task, Architecture, LoadedModel, TaskKind};
 use crate::tasks::TaskFamily;
 
 /// One cell of the results table.
@@ -31,46 +33,78 @@ pub fn mean_ci95(v: &[f64]) -> (f64, f64) {
     (mean, 1.96 * (var / n).sqrt())
 }
 
-/// Per-task query losses of `model` on `tasks` fresh tasks (seeded), K shots, `steps` steps.
+/// How to evaluate: K shots, `steps` steps, `tasks` fresh tasks with
+/// `queries` query points each, drawn from `seed`.
+#[derive(Clone, Copy, Debug)]
+pub struct EvalSpec {
+    pub shots: usize,
+    pub steps: usize,
+    pub tasks: usize,
+    pub queries: usize,
+    pub seed: u64,
+}
+
+/// Per-task query losses of `model` on fresh tasks.
 pub fn task_losses(
     model: &LoadedModel,
     fam: &dyn TaskFamily,
-    shots: usize,
-    steps: usize,
-    tasks: usize,
-    queries: usize,
-    seed: u64,
+    spec: EvalSpec,
     device: &Device,
 ) -> anyhow::Result<Vec<f64>> {
-    let mut rng = ChaCha8Rng::seed_from_u64(seed);
-    rng.set_stream(shots as u64);
-    let ep = fam.sample(&mut rng, tasks, shots, queries, device)?;
-    let arch = model.architecture();
-    let task = model.manifest.task;
-    let support = Support { x: ep.support_x, target: ep.support_t };
-    let a = adapt(arch, task, &model.theta, &model.alpha, &support, steps)?;
+    let mut rng = ChaCha8Rng::seed_from_u64(spec.seed);
+    rng.set_stream(spec.shots as u64);
+    let ep = fam.sample(&mut rng, spec.tasks, spec.shots, spec.queries, device)?;
+    episode_losses(
+        model.architecture(),
+        model.manifest.task,
+        &model.theta,
+        &model.alpha,
+        ep,
+        spec.steps,
+    )
+}
+
+/// Per-task query losses after `steps` first-order adaptation steps on each task's support set.
+pub fn episode_losses(
+    arch: &Architecture,
+    task: TaskKind,
+    theta: &[Tensor],
+    alpha: &[Tensor],
+    ep: Episode,
+    steps: usize,
+) -> anyhow::Result<Vec<f64>> {
+    let support = Support {
+        x: ep.support_x,
+        target: ep.support_t,
+    };
+    let a = adapt(arch, task, theta, alpha, &support, steps)?;
     let per_task = loss_per_task(task, &arch.forward(&a.params, &ep.query_x)?, &ep.query_t)?;
     Ok(per_task.to_dtype(DType::F64)?.to_vec1::<f64>()?)
 }
 
-/// Evaluates `model` at each shot count.
-#[allow(clippy::too_many_arguments)]
+/// Evaluates `model` at `spec`, once per shot count in `shots`.
 pub fn evaluate(
     model: &LoadedModel,
     label: &str,
     fam: &dyn TaskFamily,
     shots: &[usize],
-    steps: usize,
-    tasks: usize,
-    queries: usize,
-    seed: u64,
+    spec: EvalSpec,
     device: &Device,
 ) -> anyhow::Result<Vec<EvalResult>> {
     shots
         .iter()
         .map(|&k| {
-            let (mean, ci95) = mean_ci95(&task_losses(model, fam, k, steps, tasks, queries, seed, device)?);
-            Ok(EvalResult { model: label.to_string(), shots: k, steps, tasks, queries, mean, ci95 })
+            let spec = EvalSpec { shots: k, ..spec };
+            let (mean, ci95) = mean_ci95(&task_losses(model, fam, spec, device)?);
+            Ok(EvalResult {
+                model: label.to_string(),
+                shots: k,
+                steps: spec.steps,
+                tasks: spec.tasks,
+                queries: spec.queries,
+                mean,
+                ci95,
+            })
         })
         .collect()
 }
@@ -80,7 +114,11 @@ pub fn model_and_baselines(dir: &Path, device: &Device) -> anyhow::Result<Vec<(S
     let mut out = vec![("metasgd".to_string(), load_model(dir, device)?)];
     let base = dir.join("baselines");
     if base.is_dir() {
-        let mut dirs: Vec<_> = std::fs::read_dir(&base)?.filter_map(|e| e.ok()).map(|e| e.path()).filter(|p| p.join("manifest.json").exists()).collect();
+        let mut dirs: Vec<_> = std::fs::read_dir(&base)?
+            .filter_map(|e| e.ok())
+            .map(|e| e.path())
+            .filter(|p| p.join("manifest.json").exists())
+            .collect();
         dirs.sort();
         for d in dirs {
             let label = d.file_name().unwrap().to_string_lossy().into_owned();

@@ -6,9 +6,10 @@
 //! → candle tensors. Meta-training (`metasgd::train`, `tasks`, `eval`) is
 //! reached only from the CLI.
 
+pub mod bench;
 pub mod device;
 pub mod eval;
 pub mod metasgd;
 pub mod model;
-pub mod tasks;
 pub mod server;
+pub mod tasks;

@@ -5,13 +5,17 @@ use std::path::PathBuf;
 use anyhow::Context;
 use clap::{Parser, Subcommand};
 
-use metasgd::eval::{evaluate, model_and_baselines};
+use metasgd::eval::{evaluate, model_and_baselines, EvalSpec};
 use metasgd::metasgd::train::{train, TrainConfig};
 use metasgd::metasgd::Order;
 use metasgd::tasks::family;
 
 #[derive(Parser)]
-#[command(name = "metasgd", version, about = "Meta-SGD few-shot adaptation: train, evaluate and serve models")]
+#[command(
+    name = "metasgd",
+    version,
+    about = "Meta-SGD few-shot adaptation: train, evaluate and serve models"
+)]
 struct Cli {
     #[command(subcommand)]
     command: Command,
@@ -21,6 +25,29 @@ struct Cli {
 enum Command {
     /// Serve the models in a folder over HTTP.
     Serve(metasgd::server::ServeConfig),
+    /// Benchmark adaptation and prediction, in-process and over HTTP.
+    Bench {
+        #[command(flatten)]
+        serve: metasgd::server::ServeConfig,
+        /// The model to benchmark.
+        #[arg(long, default_value = "sinusoid")]
+        model: String,
+        /// In-process iterations per operation.
+        #[arg(long, default_value_t = 2000)]
+        iters: usize,
+        /// Seconds per HTTP concurrency level.
+        #[arg(long, default_value_t = 10)]
+        seconds: u64,
+    },
+    /// Exit 0 when the server at --url answers /health with 200 (for container health checks).
+    Healthcheck {
+        #[arg(
+            long,
+            env = "METASGD_HEALTHCHECK_URL",
+            default_value = "http://127.0.0.1:8080/health"
+        )]
+        url: String,
+    },
     /// Meta-train a model (Meta-SGD or MAML) and write its folder.
     Train {
         #[command(flatten)]
@@ -62,11 +89,37 @@ fn main() -> anyhow::Result<()> {
             metasgd::device::set_threads(cfg.threads);
             tracing_subscriber::fmt()
                 .with_env_filter(
-                    tracing_subscriber::EnvFilter::try_from_env("METASGD_LOG").unwrap_or_else(|_| "info,tower_http=warn".into()),
+                    tracing_subscriber::EnvFilter::try_from_env("METASGD_LOG")
+                        .unwrap_or_else(|_| "info,tower_http=warn".into()),
                 )
                 .init();
             let rt = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;
             rt.block_on(metasgd::server::run(cfg))
+        }
+        Command::Bench {
+            serve,
+            model,
+            iters,
+            seconds,
+        } => {
+            metasgd::device::set_threads(serve.threads);
+            metasgd::bench::run(serve, &model, iters, seconds)
+        }
+        Command::Healthcheck { url } => {
+            let rt = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
+            rt.block_on(async {
+                let client = reqwest::Client::builder()
+                    .timeout(std::time::Duration::from_secs(3))
+                    .build()?;
+                let status = client
+                    .get(&url)
+                    .send()
+                    .await
+                    .with_context(|| format!("GET {url}"))?
+                    .status();
+                anyhow::ensure!(status.is_success(), "GET {url} answered {status}");
+                Ok(())
+            })
         }
         Command::Train { cfg, threads, device } => {
             metasgd::device::set_threads(threads);
@@ -77,24 +130,63 @@ fn main() -> anyhow::Result<()> {
             let device = metasgd::device::select(&device)?;
             train(cfg, &device)
         }
-        Command::Eval { model, shots, steps, tasks, queries, seed, json, threads } => {
+        Command::Eval {
+            model,
+            shots,
+            steps,
+            tasks,
+            queries,
+            seed,
+            json,
+            threads,
+        } => {
             metasgd::device::set_threads(threads);
             let device = candle_core::Device::Cpu;
             let models = model_and_baselines(&model, &device)?;
-            let fam_name = models[0].1.manifest.family.clone().context("the manifest names no task family")?;
+            let fam_name = models[0]
+                .1
+                .manifest
+                .family
+                .clone()
+                .context("the manifest names no task family")?;
             let fam = family(&fam_name).with_context(|| format!("unknown task family {fam_name}"))?;
             let mut all = Vec::new();
             for (label, m) in &models {
-                all.extend(evaluate(m, label, fam.as_ref(), &shots, steps, tasks, queries, seed, &device)?);
-                all.extend(evaluate(m, &format!("{label} (0 steps)"), fam.as_ref(), &shots, 0, tasks, queries, seed, &device)?);
+                let spec = EvalSpec {
+                    shots: 0,
+                    steps,
+                    tasks,
+                    queries,
+                    seed,
+                };
+                all.extend(evaluate(m, label, fam.as_ref(), &shots, spec, &device)?);
+                let unadapted = EvalSpec { steps: 0, ..spec };
+                all.extend(evaluate(
+                    m,
+                    &format!("{label} (0 steps)"),
+                    fam.as_ref(),
+                    &shots,
+                    unadapted,
+                    &device,
+                )?);
             }
-            println!("{} tasks, {} query points, {} step(s); mean query loss ± 95% CI", tasks, queries, steps);
-            println!("| model | {} |", shots.iter().map(|k| format!("K={k}")).collect::<Vec<_>>().join(" | "));
+            println!(
+                "{} tasks, {} query points, {} step(s); mean query loss ± 95% CI",
+                tasks, queries, steps
+            );
+            println!(
+                "| model | {} |",
+                shots.iter().map(|k| format!("K={k}")).collect::<Vec<_>>().join(" | ")
+            );
             println!("|---|{}", "---|".repeat(shots.len()));
             let mut labels: Vec<&str> = all.iter().map(|r| r.model.as_str()).collect();
             labels.dedup();
             for l in labels {
-                let cells: Vec<String> = all.iter().filter(|r| r.model == l).map(|r| format!("{:.3} ± {:.3}", r.mean, r.ci95)).collect();
+                let cells: Vec<String> = all
+                    .iter()
+                    .filter(|r| r.model == l)
+                    .map(|r| format!("{:.3} ± {:.3}", r.mean, r.ci95))
+                    .collect();
                 println!("| {l} | {} |", cells.join(" | "));
             }
             if let Some(p) = json {

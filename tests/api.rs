@@ -21,7 +21,13 @@ async fn session_flow_create_predict_get_delete() {
 
     let (st, models) = s.get("/v1/models").await;
     assert_eq!(st, 200);
-    let info = models["models"].as_array().unwrap().iter().find(|m| m["name"] == "sinusoid").unwrap().clone();
+    let info = models["models"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|m| m["name"] == "sinusoid")
+        .unwrap()
+        .clone();
     assert_eq!(info["task"], "regression");
     assert_eq!(info["input"], json!({"kind": "vector", "shape": [1]}));
     assert_eq!(info["n_way"], Value::Null);
@@ -30,7 +36,13 @@ async fn session_flow_create_predict_get_delete() {
     assert_eq!(s.get("/v1/models/sinusoid").await, (200, info));
 
     let support = sine_support(2.0, 0.5, 10);
-    let resp = s.client.post(s.url("/v1/models/sinusoid/sessions")).json(&json!({"support": support, "steps": 2})).send().await.unwrap();
+    let resp = s
+        .client
+        .post(s.url("/v1/models/sinusoid/sessions"))
+        .json(&json!({"support": support, "steps": 2}))
+        .send()
+        .await
+        .unwrap();
     assert_eq!(resp.status(), 201);
     let location = resp.headers()["location"].to_str().unwrap().to_string();
     let created: Value = resp.json().await.unwrap();
@@ -45,7 +57,9 @@ async fn session_flow_create_predict_get_delete() {
     chrono::DateTime::parse_from_rfc3339(created["expires_at"].as_str().unwrap()).unwrap();
 
     let queries = json!([[0.0], [1.0], [-2.5]]);
-    let (st, post) = s.post(&format!("/v1/sessions/{id}/predict"), json!({"inputs": queries})).await;
+    let (st, post) = s
+        .post(&format!("/v1/sessions/{id}/predict"), json!({"inputs": queries}))
+        .await;
     assert_eq!(st, 200);
     assert_eq!(post["session_id"], id.as_str());
     assert_eq!(post["predictions"].as_array().unwrap().len(), 3);
@@ -56,9 +70,17 @@ async fn session_flow_create_predict_get_delete() {
     assert_eq!(st, 200);
     assert_eq!(get, post, "GET and POST predict must agree");
 
-    let (st, stateless) = s.post("/v1/models/sinusoid/predict", json!({"support": support, "steps": 2, "inputs": queries})).await;
+    let (st, stateless) = s
+        .post(
+            "/v1/models/sinusoid/predict",
+            json!({"support": support, "steps": 2, "inputs": queries}),
+        )
+        .await;
     assert_eq!(st, 200);
-    assert_eq!(stateless["predictions"], post["predictions"], "stateless predict must equal the session's");
+    assert_eq!(
+        stateless["predictions"], post["predictions"],
+        "stateless predict must equal the session's"
+    );
 
     let (st, got) = s.get(&format!("/v1/sessions/{id}")).await;
     assert_eq!(st, 200);
@@ -67,11 +89,21 @@ async fn session_flow_create_predict_get_delete() {
     assert_eq!(got["expires_at"], created["expires_at"]);
     assert!(got["created_at"].is_string());
 
-    let del = s.client.delete(s.url(&format!("/v1/sessions/{id}"))).send().await.unwrap();
+    let del = s
+        .client
+        .delete(s.url(&format!("/v1/sessions/{id}")))
+        .send()
+        .await
+        .unwrap();
     assert_eq!(del.status(), 204);
     let (st, err) = s.get(&format!("/v1/sessions/{id}")).await;
     assert_eq!((st, err["error"]["code"].as_str()), (404, Some("session_not_found")));
-    let del = s.client.delete(s.url(&format!("/v1/sessions/{id}"))).send().await.unwrap();
+    let del = s
+        .client
+        .delete(s.url(&format!("/v1/sessions/{id}")))
+        .send()
+        .await
+        .unwrap();
     assert_eq!(del.status(), 404);
     s.stop().await;
 }
@@ -88,12 +120,19 @@ fn urlencode(s: &str) -> String {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sessions_expire_after_their_ttl() {
     let s = TestServer::with_models(shipped_models()).await;
-    let (st, created) = s.post("/v1/models/sinusoid/sessions", json!({"support": sine_support(1.0, 0.0, 5), "ttl_seconds": 1})).await;
+    let (st, created) = s
+        .post(
+            "/v1/models/sinusoid/sessions",
+            json!({"support": sine_support(1.0, 0.0, 5), "ttl_seconds": 1}),
+        )
+        .await;
     assert_eq!(st, 201);
     let id = created["session_id"].as_str().unwrap();
     assert_eq!(s.get(&format!("/v1/sessions/{id}")).await.0, 200);
     tokio::time::sleep(std::time::Duration::from_millis(1100)).await;
-    let (st, err) = s.post(&format!("/v1/sessions/{id}/predict"), json!({"inputs": [[0.0]]})).await;
+    let (st, err) = s
+        .post(&format!("/v1/sessions/{id}/predict"), json!({"inputs": [[0.0]]}))
+        .await;
     assert_eq!(st, 404);
     assert_eq!(err["error"]["code"], "session_not_found");
     assert!(err["error"]["message"].as_str().unwrap().contains("expired"));
@@ -107,14 +146,30 @@ async fn lru_bound_evicts_oldest_session() {
     let s = TestServer::start(cfg).await;
     let mut ids = vec![];
     for _ in 0..3 {
-        let (st, c) = s.post("/v1/models/sinusoid/sessions", json!({"support": sine_support(1.0, 0.0, 5)})).await;
+        let (st, c) = s
+            .post(
+                "/v1/models/sinusoid/sessions",
+                json!({"support": sine_support(1.0, 0.0, 5)}),
+            )
+            .await;
         assert_eq!(st, 201);
         ids.push(c["session_id"].as_str().unwrap().to_string());
     }
     assert_eq!(s.get(&format!("/v1/sessions/{}", ids[0])).await.0, 404);
     assert_eq!(s.get(&format!("/v1/sessions/{}", ids[2])).await.0, 200);
-    let metrics = s.client.get(s.url("/metrics")).send().await.unwrap().text().await.unwrap();
-    assert!(metrics.contains("metasgd_session_evictions_total{reason=\"lru\"}"), "{metrics}");
+    let metrics = s
+        .client
+        .get(s.url("/metrics"))
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    assert!(
+        metrics.contains("metasgd_session_evictions_total{reason=\"lru\"}"),
+        "{metrics}"
+    );
     s.stop().await;
 }
 
@@ -123,7 +178,10 @@ async fn classification_labels_classes_and_probabilities() {
     let s = TestServer::with_models(models_with_classifier()).await;
     let (st, info) = s.get("/v1/models/toy-classifier").await;
     assert_eq!(st, 200);
-    assert_eq!((info["task"].as_str(), info["n_way"].as_u64()), (Some("classification"), Some(5)));
+    assert_eq!(
+        (info["task"].as_str(), info["n_way"].as_u64()),
+        (Some("classification"), Some(5))
+    );
     // Three well separated clusters, labelled with strings.
     let centers = [("cat", [2.0, 0.0]), ("dog", [-2.0, 0.0]), ("owl", [0.0, 2.5])];
     let mut inputs = vec![];
@@ -135,11 +193,25 @@ async fn classification_labels_classes_and_probabilities() {
         }
     }
     let support = json!({"inputs": inputs, "labels": labels});
-    let (st, created) = s.post("/v1/models/toy-classifier/sessions", json!({"support": support, "steps": 50})).await;
+    let (st, created) = s
+        .post(
+            "/v1/models/toy-classifier/sessions",
+            json!({"support": support, "steps": 50}),
+        )
+        .await;
     assert_eq!(st, 201, "{created}");
-    assert_eq!(created["classes"], json!(["cat", "dog", "owl"]), "classes in order of first appearance");
+    assert_eq!(
+        created["classes"],
+        json!(["cat", "dog", "owl"]),
+        "classes in order of first appearance"
+    );
     let id = created["session_id"].as_str().unwrap();
-    let (st, p) = s.post(&format!("/v1/sessions/{id}/predict"), json!({"inputs": [[2.0, 0.1], [-2.1, 0.0], [0.1, 2.4]]})).await;
+    let (st, p) = s
+        .post(
+            &format!("/v1/sessions/{id}/predict"),
+            json!({"inputs": [[2.0, 0.1], [-2.1, 0.0], [0.1, 2.4]]}),
+        )
+        .await;
     assert_eq!(st, 200);
     assert_eq!(p["predictions"], json!(["cat", "dog", "owl"]));
     for row in p["probabilities"].as_array().unwrap() {
@@ -147,7 +219,10 @@ async fn classification_labels_classes_and_probabilities() {
         assert_eq!(row.len(), 3);
         assert!((row.iter().sum::<f64>() - 1.0).abs() < 1e-5);
     }
-    assert_eq!(s.get(&format!("/v1/sessions/{id}")).await.1["classes"], json!(["cat", "dog", "owl"]));
+    assert_eq!(
+        s.get(&format!("/v1/sessions/{id}")).await.1["classes"],
+        json!(["cat", "dog", "owl"])
+    );
 
     // Integer labels work too, and stateless predict returns probabilities.
     let (st, p) = s
@@ -165,7 +240,12 @@ async fn classification_labels_classes_and_probabilities() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn metrics_cover_requests_adaptations_and_sessions() {
     let s = TestServer::with_models(shipped_models()).await;
-    let (st, _) = s.post("/v1/models/sinusoid/sessions", json!({"support": sine_support(1.0, 0.0, 5)})).await;
+    let (st, _) = s
+        .post(
+            "/v1/models/sinusoid/sessions",
+            json!({"support": sine_support(1.0, 0.0, 5)}),
+        )
+        .await;
     assert_eq!(st, 201);
     let r = s.client.get(s.url("/metrics")).send().await.unwrap();
     assert_eq!(r.status(), 200);
@@ -179,7 +259,15 @@ async fn metrics_cover_requests_adaptations_and_sessions() {
     ] {
         assert!(text.contains(name), "metrics lack {name}:\n{text}");
     }
-    let spec = s.client.get(s.url("/openapi.yaml")).send().await.unwrap().text().await.unwrap();
+    let spec = s
+        .client
+        .get(s.url("/openapi.yaml"))
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
     assert!(spec.starts_with("openapi: 3"));
     s.stop().await;
 }

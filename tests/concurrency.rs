@@ -20,7 +20,13 @@ fn expected(amplitude: f32, k: usize, queries: &[f32]) -> Vec<f32> {
     };
     let a = adapt(m.architecture(), m.manifest.task, &m.theta, &m.alpha, &support, 1).unwrap();
     let q = Tensor::from_slice(queries, (1, queries.len(), 1), &Device::Cpu).unwrap();
-    m.architecture().forward(&a.params, &q).unwrap().flatten_all().unwrap().to_vec1::<f32>().unwrap()
+    m.architecture()
+        .forward(&a.params, &q)
+        .unwrap()
+        .flatten_all()
+        .unwrap()
+        .to_vec1::<f32>()
+        .unwrap()
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
@@ -36,14 +42,28 @@ async fn thirty_two_concurrent_clients_get_correct_answers() {
             let xs: Vec<f32> = (0..k).map(|i| -4.0 + 8.0 * i as f32 / (k - 1) as f32).collect();
             let support = json!({"inputs": xs.iter().map(|x| json!([x])).collect::<Vec<_>>(),
                                  "labels": xs.iter().map(|x| amplitude * x.sin()).collect::<Vec<_>>()});
-            let (st, created) = s.post("/v1/models/sinusoid/sessions", json!({"support": support})).await;
+            let (st, created) = s
+                .post("/v1/models/sinusoid/sessions", json!({"support": support}))
+                .await;
             assert_eq!(st, 201, "{created}");
             let id = created["session_id"].as_str().unwrap().to_string();
             let mut out = vec![];
             for _ in 0..3 {
-                let (st, p) = s.post(&format!("/v1/sessions/{id}/predict"), json!({"inputs": queries.map(|q| [q])})).await;
+                let (st, p) = s
+                    .post(
+                        &format!("/v1/sessions/{id}/predict"),
+                        json!({"inputs": queries.map(|q| [q])}),
+                    )
+                    .await;
                 assert_eq!(st, 200, "{p}");
-                out.push(p["predictions"].as_array().unwrap().iter().map(|v| v.as_f64().unwrap() as f32).collect::<Vec<_>>());
+                out.push(
+                    p["predictions"]
+                        .as_array()
+                        .unwrap()
+                        .iter()
+                        .map(|v| v.as_f64().unwrap() as f32)
+                        .collect::<Vec<_>>(),
+                );
             }
             (amplitude, out)
         }));
@@ -53,7 +73,10 @@ async fn thirty_two_concurrent_clients_get_correct_answers() {
         let want = expected(amplitude, 10, &queries);
         for got in outs {
             for (g, w) in got.iter().zip(&want) {
-                assert!((g - w).abs() < 1e-5, "amplitude {amplitude}: got {got:?}, want {want:?}");
+                assert!(
+                    (g - w).abs() < 1e-5,
+                    "amplitude {amplitude}: got {got:?}, want {want:?}"
+                );
             }
         }
     }
@@ -78,7 +101,13 @@ async fn full_queue_answers_429_with_retry_after() {
     for _ in 0..6 {
         let (s, body) = (s.clone(), body.clone());
         tasks.push(tokio::spawn(async move {
-            let r = s.client.post(s.url("/v1/models/sinusoid/sessions")).json(&body).send().await.unwrap();
+            let r = s
+                .client
+                .post(s.url("/v1/models/sinusoid/sessions"))
+                .json(&body)
+                .send()
+                .await
+                .unwrap();
             let status = r.status().as_u16();
             let retry = r.headers().get("retry-after").map(|v| v.to_str().unwrap().to_string());
             let v: serde_json::Value = r.json().await.unwrap();

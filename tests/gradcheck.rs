@@ -5,7 +5,7 @@
 
 use candle_core::{DType, Device, Tensor, Var};
 use metasgd::metasgd::{meta_loss, Episode, Order};
-use metasgd::model::{Architecture, TaskKind, Target};
+use metasgd::model::{Architecture, Target, TaskKind};
 use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
 
@@ -31,10 +31,20 @@ struct Problem {
 fn problem(task: TaskKind, seed: u64) -> Problem {
     let mut rng = ChaCha8Rng::seed_from_u64(seed);
     let out = if task == TaskKind::Regression { 1 } else { 3 };
-    let arch = Architecture::Mlp { sizes: vec![2, 6, 5, out] };
-    let theta: Vec<Tensor> = arch.params().iter().map(|s| rand_tensor(&mut rng, &s.shape, -0.8, 0.8)).collect();
+    let arch = Architecture::Mlp {
+        sizes: vec![2, 6, 5, out],
+    };
+    let theta: Vec<Tensor> = arch
+        .params()
+        .iter()
+        .map(|s| rand_tensor(&mut rng, &s.shape, -0.8, 0.8))
+        .collect();
     // α includes negative entries, as trained α does.
-    let alpha: Vec<Tensor> = arch.params().iter().map(|s| rand_tensor(&mut rng, &s.shape, -0.05, 0.3)).collect();
+    let alpha: Vec<Tensor> = arch
+        .params()
+        .iter()
+        .map(|s| rand_tensor(&mut rng, &s.shape, -0.05, 0.3))
+        .collect();
     let (t, k, q) = (2, 5, 4);
     let target = |rng: &mut ChaCha8Rng, n: usize| match task {
         TaskKind::Regression => Target::Values(rand_tensor(rng, &[t, n, 1], -2.0, 2.0)),
@@ -52,11 +62,20 @@ fn problem(task: TaskKind, seed: u64) -> Problem {
         query_x: rand_tensor(&mut rng, &[t, q, 2], -2.0, 2.0),
         query_t: target(&mut rng, q),
     };
-    Problem { arch, task, theta, alpha, ep }
+    Problem {
+        arch,
+        task,
+        theta,
+        alpha,
+        ep,
+    }
 }
 
 fn loss_at(p: &Problem, theta: &[Tensor], alpha: &[Tensor], steps: usize, order: Order) -> f64 {
-    meta_loss(&p.arch, p.task, theta, alpha, &p.ep, steps, order).unwrap().to_scalar::<f64>().unwrap()
+    meta_loss(&p.arch, p.task, theta, alpha, &p.ep, steps, order)
+        .unwrap()
+        .to_scalar::<f64>()
+        .unwrap()
 }
 
 /// Autograd meta-gradients (θ then α), flattened per tensor.
@@ -68,7 +87,9 @@ fn autograd(p: &Problem, steps: usize, order: Order) -> (Vec<Vec<f64>>, Vec<Vec<
     let loss = meta_loss(&p.arch, p.task, &tt, &at, &p.ep, steps, order).unwrap();
     let g = loss.backward().unwrap();
     let flat = |ts: &[Tensor]| -> Vec<Vec<f64>> {
-        ts.iter().map(|t| g.get(t).unwrap().flatten_all().unwrap().to_vec1::<f64>().unwrap()).collect()
+        ts.iter()
+            .map(|t| g.get(t).unwrap().flatten_all().unwrap().to_vec1::<f64>().unwrap())
+            .collect()
     };
     (flat(&tt), flat(&at))
 }
@@ -102,7 +123,11 @@ fn finite_differences(p: &Problem, steps: usize, wrt_alpha: bool) -> Vec<Vec<f64
 
 fn max_rel_err(a: &[Vec<f64>], b: &[Vec<f64>]) -> f64 {
     let scale = b.iter().flatten().fold(0f64, |m, x| m.max(x.abs())).max(1e-12);
-    a.iter().flatten().zip(b.iter().flatten()).fold(0f64, |m, (x, y)| m.max((x - y).abs())) / scale
+    a.iter()
+        .flatten()
+        .zip(b.iter().flatten())
+        .fold(0f64, |m, (x, y)| m.max((x - y).abs()))
+        / scale
 }
 
 fn check(task: TaskKind, steps: usize) {
@@ -110,9 +135,15 @@ fn check(task: TaskKind, steps: usize) {
     let p = problem(task, 7 + steps as u64);
     assert_eq!(p.theta[0].dtype(), DType::F64);
     let (gt, ga) = autograd(&p, steps, Order::Second);
-    let (ft, fa) = (finite_differences(&p, steps, false), finite_differences(&p, steps, true));
+    let (ft, fa) = (
+        finite_differences(&p, steps, false),
+        finite_differences(&p, steps, true),
+    );
     let (et, ea) = (max_rel_err(&gt, &ft), max_rel_err(&ga, &fa));
-    assert!(et < 1e-6, "{task:?} {steps} step(s): θ meta-gradient off by {et:e} (relative to max |grad|)");
+    assert!(
+        et < 1e-6,
+        "{task:?} {steps} step(s): θ meta-gradient off by {et:e} (relative to max |grad|)"
+    );
     assert!(ea < 1e-6, "{task:?} {steps} step(s): α meta-gradient off by {ea:e}");
     // The gradients are not trivially zero.
     assert!(gt.iter().flatten().any(|x| x.abs() > 1e-4) && ga.iter().flatten().any(|x| x.abs() > 1e-4));
@@ -142,6 +173,12 @@ fn first_order_alpha_gradient_is_exact_for_one_step() {
     let p = problem(TaskKind::Regression, 11);
     let (st, sa) = autograd(&p, 1, Order::Second);
     let (ft, fa) = autograd(&p, 1, Order::First);
-    assert!(max_rel_err(&fa, &sa) < 1e-12, "first-order α-gradient differs from the exact one");
-    assert!(max_rel_err(&ft, &st) > 1e-4, "first-order θ-gradient should differ from the exact one");
+    assert!(
+        max_rel_err(&fa, &sa) < 1e-12,
+        "first-order α-gradient differs from the exact one"
+    );
+    assert!(
+        max_rel_err(&ft, &st) > 1e-4,
+        "first-order θ-gradient should differ from the exact one"
+    );
 }

@@ -4,7 +4,7 @@
 mod common;
 
 use candle_core::Device;
-use metasgd::eval::{mean_ci95, task_losses};
+use metasgd::eval::{mean_ci95, task_losses, EvalSpec};
 use metasgd::model::load_model;
 use metasgd::tasks::family;
 
@@ -13,8 +13,15 @@ fn shipped_sinusoid_model_adapts_well() {
     let model = load_model(&common::shipped_models().join("sinusoid"), &Device::Cpu).unwrap();
     let fam = family("sinusoid").unwrap();
     let seed = 4242; // not a training stream
-    let adapted = task_losses(&model, fam.as_ref(), 10, 1, 200, 100, seed, &Device::Cpu).unwrap();
-    let unadapted = task_losses(&model, fam.as_ref(), 10, 0, 200, 100, seed, &Device::Cpu).unwrap();
+    let spec = EvalSpec {
+        shots: 10,
+        steps: 1,
+        tasks: 200,
+        queries: 100,
+        seed,
+    };
+    let adapted = task_losses(&model, fam.as_ref(), spec, &Device::Cpu).unwrap();
+    let unadapted = task_losses(&model, fam.as_ref(), EvalSpec { steps: 0, ..spec }, &Device::Cpu).unwrap();
     let (a, a_ci) = mean_ci95(&adapted);
     let (u, _) = mean_ci95(&unadapted);
     eprintln!("10-shot, 1 step, 200 tasks: MSE {a:.3} ± {a_ci:.3}; without adaptation {u:.3}");

@@ -24,12 +24,18 @@ fn spec_routes() -> BTreeSet<(String, String)> {
 
 #[test]
 fn router_and_openapi_list_the_same_routes() {
-    let router: BTreeSet<(String, String)> = routes().iter().map(|r| (r.method.to_string(), r.path.to_string())).collect();
+    let router: BTreeSet<(String, String)> = routes()
+        .iter()
+        .map(|r| (r.method.to_string(), r.path.to_string()))
+        .collect();
     let spec = spec_routes();
     let missing_in_spec: Vec<_> = router.difference(&spec).collect();
     let missing_in_router: Vec<_> = spec.difference(&router).collect();
     assert!(missing_in_spec.is_empty(), "routes the spec lacks: {missing_in_spec:?}");
-    assert!(missing_in_router.is_empty(), "spec routes the router lacks: {missing_in_router:?}");
+    assert!(
+        missing_in_router.is_empty(),
+        "spec routes the router lacks: {missing_in_router:?}"
+    );
 }
 
 #[test]
@@ -50,8 +56,17 @@ fn every_schema_reference_resolves() {
 async fn every_documented_operation_reaches_its_handler() {
     let s = TestServer::with_models(shipped_models()).await;
     for (method, path) in spec_routes() {
-        let concrete = path.replace("{model}", "sinusoid").replace("{id}", "00000000000000000000000000000000");
-        let r = s.client.request(method.parse().unwrap(), s.url(&concrete)).header("content-type", "application/json").body("{}").send().await.unwrap();
+        let concrete = path
+            .replace("{model}", "sinusoid")
+            .replace("{id}", "00000000000000000000000000000000");
+        let r = s
+            .client
+            .request(method.parse().unwrap(), s.url(&concrete))
+            .header("content-type", "application/json")
+            .body("{}")
+            .send()
+            .await
+            .unwrap();
         let status = r.status().as_u16();
         let body = r.text().await.unwrap();
         assert!(

@@ -37,14 +37,20 @@ fn truncated_weights_file_is_named_in_the_error() {
         std::fs::write(m.join("model.safetensors"), &bytes[..bytes.len() / 2]).unwrap();
     });
     let err = serve_fails(&d);
-    assert!(err.contains("model.safetensors") && err.contains("invalid weights"), "{err}");
+    assert!(
+        err.contains("model.safetensors") && err.contains("invalid weights"),
+        "{err}"
+    );
 }
 
 #[test]
 fn garbage_manifest_is_named_in_the_error() {
     let d = models_dir_with(|m| std::fs::write(m.join("manifest.json"), "{not json").unwrap());
     let err = serve_fails(&d);
-    assert!(err.contains("manifest.json") && err.contains("invalid manifest"), "{err}");
+    assert!(
+        err.contains("manifest.json") && err.contains("invalid manifest"),
+        "{err}"
+    );
 }
 
 #[test]
@@ -52,11 +58,17 @@ fn theta_and_alpha_that_do_not_match_are_rejected() {
     let d = models_dir_with(|m| {
         let path = m.join("model.safetensors");
         let mut t = candle_core::safetensors::load(&path, &candle_core::Device::Cpu).unwrap();
-        t.insert("alpha.l2.weight".into(), candle_core::Tensor::zeros((40, 39), candle_core::DType::F32, &candle_core::Device::Cpu).unwrap());
+        t.insert(
+            "alpha.l2.weight".into(),
+            candle_core::Tensor::zeros((40, 39), candle_core::DType::F32, &candle_core::Device::Cpu).unwrap(),
+        );
         candle_core::safetensors::save(&t, &path).unwrap();
     });
     let err = serve_fails(&d);
-    assert!(err.contains("model.safetensors") && err.contains("alpha.l2.weight"), "{err}");
+    assert!(
+        err.contains("model.safetensors") && err.contains("alpha.l2.weight"),
+        "{err}"
+    );
 }
 
 #[test]
@@ -96,9 +108,18 @@ fn cuda_device_without_the_feature_is_a_clear_error() {
 
 #[test]
 fn every_serve_flag_reads_its_env_variable() {
-    let out = Command::new(env!("CARGO_BIN_EXE_metasgd")).args(["serve", "--help"]).output().unwrap();
+    let out = Command::new(env!("CARGO_BIN_EXE_metasgd"))
+        .args(["serve", "--help"])
+        .output()
+        .unwrap();
     let help = String::from_utf8_lossy(&out.stdout);
-    let flags = help.lines().filter(|l| l.trim_start().starts_with("--") && !l.contains("--help")).count();
+    let flags = help
+        .lines()
+        .filter(|l| l.trim_start().starts_with("--") && !l.contains("--help"))
+        .count();
     let envs = help.matches("[env: METASGD_").count();
-    assert!(flags >= 10 && envs == flags, "{flags} flags but {envs} env variables:\n{help}");
+    assert!(
+        flags >= 10 && envs == flags,
+        "{flags} flags but {envs} env variables:\n{help}"
+    );
 }

@@ -9,7 +9,7 @@
 use candle_core::{Result, Tensor, Var};
 use serde::{Deserialize, Serialize};
 
-use crate::model::{loss_per_task, loss_sum, Architecture, TaskKind, Target};
+use crate::model::{loss_per_task, loss_sum, Architecture, Target, TaskKind};
 
 /// Whether meta-gradients flow through the inner gradients.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize, clap::ValueEnum)]
@@ -30,7 +30,9 @@ pub struct Episode {
 
 /// True when this thread's `backward()` keeps gradients differentiable.
 pub fn second_order_available() -> bool {
-    std::env::var("CANDLE_GRAD_DO_NOT_DETACH").map(|v| !v.is_empty() && v != "0").unwrap_or(false)
+    std::env::var("CANDLE_GRAD_DO_NOT_DETACH")
+        .map(|v| !v.is_empty() && v != "0")
+        .unwrap_or(false)
 }
 
 /// Mean over tasks of the query loss after `steps` inner steps from (θ, α).
@@ -56,8 +58,15 @@ pub fn meta_loss(
     for _ in 0..steps {
         // A zero variable added to each per-task parameter gives a node whose
         // gradient store entry survives backward: the per-task gradient.
-        let zeros: Vec<Var> = cur.iter().map(|p| Var::zeros(p.shape(), p.dtype(), p.device())).collect::<Result<_>>()?;
-        let point: Vec<Tensor> = cur.iter().zip(&zeros).map(|(p, z)| p.add(z.as_tensor())).collect::<Result<_>>()?;
+        let zeros: Vec<Var> = cur
+            .iter()
+            .map(|p| Var::zeros(p.shape(), p.dtype(), p.device()))
+            .collect::<Result<_>>()?;
+        let point: Vec<Tensor> = cur
+            .iter()
+            .zip(&zeros)
+            .map(|(p, z)| p.add(z.as_tensor()))
+            .collect::<Result<_>>()?;
         let inner = loss_sum(task, &arch.forward(&point, &ep.support_x)?, &ep.support_t)?;
         let grads = inner.backward()?;
         cur = point
@@ -65,7 +74,9 @@ pub fn meta_loss(
             .zip(&zeros)
             .zip(alpha)
             .map(|((p, z), a)| {
-                let g = grads.get(z.as_tensor()).ok_or_else(|| candle_core::Error::Msg("missing inner gradient".into()))?;
+                let g = grads
+                    .get(z.as_tensor())
+                    .ok_or_else(|| candle_core::Error::Msg("missing inner gradient".into()))?;
                 let g = if order == Order::First { g.detach() } else { g.clone() };
                 p.sub(&g.broadcast_mul(a)?)
             })

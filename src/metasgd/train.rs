@@ -15,8 +15,8 @@ use rand_chacha::ChaCha8Rng;
 use serde::{Deserialize, Serialize};
 
 use super::adam::Adam;
-use super::{adapt, meta_loss, Order, Support};
-use crate::model::{loss_per_task, save_model, store, Architecture};
+use super::{meta_loss, Order};
+use crate::model::{save_model, store, Architecture};
 use crate::tasks::{family, TaskFamily};
 
 /// What is meta-learned.
@@ -57,6 +57,11 @@ pub struct TrainConfig {
     pub inner_steps: usize,
     #[arg(long, default_value_t = 1e-3)]
     pub meta_lr: f64,
+    /// With a value, the meta learning rate follows a cosine from `meta_lr`
+    /// down to this at the last iteration; without, it stays constant.
+    #[arg(long)]
+    #[serde(default)]
+    pub lr_min: Option<f64>,
     /// Meta-SGD: α starts uniform in [alpha_lo, alpha_hi].
     #[arg(long, default_value_t = 0.005)]
     pub alpha_lo: f64,
@@ -76,6 +81,11 @@ pub struct TrainConfig {
     /// Checkpoint every this many iterations.
     #[arg(long, default_value_t = 5_000)]
     pub ckpt_every: u64,
+    /// Stop after this iteration with a checkpoint, as an interruption would
+    /// (for time-boxed runs); `--resume` continues the same schedule.
+    #[arg(long)]
+    #[serde(default, skip_serializing)]
+    pub stop_at: Option<u64>,
     /// Continue from the checkpoint in `--out` if there is one.
     #[arg(long)]
     pub resume: bool,
@@ -107,7 +117,12 @@ fn init_theta(arch: &Architecture, rng: &mut ChaCha8Rng, device: &Device) -> any
     Ok(out)
 }
 
-fn init_alpha(cfg: &TrainConfig, arch: &Architecture, rng: &mut ChaCha8Rng, device: &Device) -> anyhow::Result<Vec<Tensor>> {
+fn init_alpha(
+    cfg: &TrainConfig,
+    arch: &Architecture,
+    rng: &mut ChaCha8Rng,
+    device: &Device,
+) -> anyhow::Result<Vec<Tensor>> {
     use rand::Rng;
     arch.params()
         .iter()
@@ -116,7 +131,9 @@ fn init_alpha(cfg: &TrainConfig, arch: &Architecture, rng: &mut ChaCha8Rng, devi
                 Method::Maml => Tensor::new(cfg.maml_alpha as f32, device)?,
                 Method::Metasgd => {
                     let n: usize = spec.shape.iter().product();
-                    let v: Vec<f32> = (0..n).map(|_| rng.random_range(cfg.alpha_lo as f32..cfg.alpha_hi as f32)).collect();
+                    let v: Vec<f32> = (0..n)
+                        .map(|_| rng.random_range(cfg.alpha_lo as f32..cfg.alpha_hi as f32))
+                        .collect();
                     Tensor::from_vec(v, spec.shape.as_slice(), device)?
                 }
             })
@@ -125,14 +142,29 @@ fn init_alpha(cfg: &TrainConfig, arch: &Architecture, rng: &mut ChaCha8Rng, devi
 }
 
 /// Mean query loss over a fixed set of tasks after `steps` first-order steps.
-pub fn validate(fam: &dyn TaskFamily, arch: &Architecture, theta: &[Tensor], alpha: &[Tensor], cfg: &TrainConfig, device: &Device) -> anyhow::Result<f64> {
+pub fn validate(
+    fam: &dyn TaskFamily,
+    arch: &Architecture,
+    theta: &[Tensor],
+    alpha: &[Tensor],
+    cfg: &TrainConfig,
+    device: &Device,
+) -> anyhow::Result<f64> {
     let mut rng = ChaCha8Rng::seed_from_u64(cfg.seed.wrapping_add(1_000_003));
     let ep = fam.sample(&mut rng, cfg.val_tasks, cfg.k_support, 100, device)?;
-    let task = fam.manifest("val").task;
-    let support = Support { x: ep.support_x.clone(), target: ep.support_t.clone() };
-    let a = adapt(arch, task, theta, alpha, &support, cfg.inner_steps)?;
-    let per_task = loss_per_task(task, &arch.forward(&a.params, &ep.query_x)?, &ep.query_t)?;
-    Ok(per_task.mean_all()?.to_dtype(DType::F64)?.to_scalar::<f64>()?)
+    let losses = crate::eval::episode_losses(arch, fam.manifest("val").task, theta, alpha, ep, cfg.inner_steps)?;
+    Ok(crate::eval::mean_ci95(&losses).0)
+}
+
+/// The meta learning rate at iteration `it` (constant, or cosine to `lr_min`).
+pub fn learning_rate(cfg: &TrainConfig, it: u64) -> f64 {
+    match cfg.lr_min {
+        None => cfg.meta_lr,
+        Some(min) => {
+            let t = it as f64 / cfg.iters.max(1) as f64;
+            min + 0.5 * (cfg.meta_lr - min) * (1.0 + (std::f64::consts::PI * t).cos())
+        }
+    }
 }
 
 fn log_line(path: &Path, line: &str) -> anyhow::Result<()> {
@@ -148,7 +180,10 @@ pub fn train(cfg: TrainConfig, device: &Device) -> anyhow::Result<()> {
         bail!("second order needs CANDLE_GRAD_DO_NOT_DETACH=1 before the first backward (the train command sets it)");
     }
     let name = cfg.name.clone().unwrap_or_else(|| {
-        cfg.out.file_name().map(|s| s.to_string_lossy().into_owned()).unwrap_or_else(|| cfg.task.clone())
+        cfg.out
+            .file_name()
+            .map(|s| s.to_string_lossy().into_owned())
+            .unwrap_or_else(|| cfg.task.clone())
     });
     let mut manifest = fam.manifest(&name);
     let arch = manifest.architecture.clone();
@@ -158,7 +193,10 @@ pub fn train(cfg: TrainConfig, device: &Device) -> anyhow::Result<()> {
     let log = cfg.out.join("train.log");
 
     let mut rng = ChaCha8Rng::seed_from_u64(cfg.seed);
-    let (mut theta0, mut alpha0) = (init_theta(&arch, &mut rng, device)?, init_alpha(&cfg, &arch, &mut rng, device)?);
+    let (mut theta0, mut alpha0) = (
+        init_theta(&arch, &mut rng, device)?,
+        init_alpha(&cfg, &arch, &mut rng, device)?,
+    );
     let (mut start, mut ema, mut elapsed0, mut adam_state) = (0u64, f64::NAN, 0.0, None);
     if cfg.resume && ckpt_meta.exists() {
         let meta: CheckpointMeta = serde_json::from_str(&std::fs::read_to_string(&ckpt_meta)?)?;
@@ -178,9 +216,15 @@ pub fn train(cfg: TrainConfig, device: &Device) -> anyhow::Result<()> {
         log_line(&log, &format!("config {}", serde_json::to_string(&cfg)?))?;
     }
 
-    let theta: Vec<Var> = theta0.iter().map(Var::from_tensor).collect::<candle_core::Result<_>>()?;
+    let theta: Vec<Var> = theta0
+        .iter()
+        .map(Var::from_tensor)
+        .collect::<candle_core::Result<_>>()?;
     let alpha_vars: Vec<Var> = match cfg.method {
-        Method::Metasgd => alpha0.iter().map(Var::from_tensor).collect::<candle_core::Result<_>>()?,
+        Method::Metasgd => alpha0
+            .iter()
+            .map(Var::from_tensor)
+            .collect::<candle_core::Result<_>>()?,
         Method::Maml => vec![],
     };
     let mut vars: Vec<Var> = theta.clone();
@@ -198,24 +242,45 @@ pub fn train(cfg: TrainConfig, device: &Device) -> anyhow::Result<()> {
         debug_assert_eq!(adam.m.len(), n + alpha_vars.len());
     }
     let alpha_of = |alpha_vars: &[Var]| -> Vec<Tensor> {
-        if alpha_vars.is_empty() { alpha0.clone() } else { alpha_vars.iter().map(|v| v.as_tensor().clone()).collect() }
+        if alpha_vars.is_empty() {
+            alpha0.clone()
+        } else {
+            alpha_vars.iter().map(|v| v.as_tensor().clone()).collect()
+        }
     };
 
     let pb = indicatif::ProgressBar::new(cfg.iters);
-    pb.set_style(indicatif::ProgressStyle::with_template("{bar:40} {pos}/{len} [{elapsed_precise}<{eta_precise}] {msg}")?);
+    pb.set_style(indicatif::ProgressStyle::with_template(
+        "{bar:40} {pos}/{len} [{elapsed_precise}<{eta_precise}] {msg}",
+    )?);
     pb.set_position(start);
     let t0 = Instant::now();
-    for it in start..cfg.iters {
+    let end = cfg.stop_at.unwrap_or(cfg.iters).min(cfg.iters);
+    for it in start..end {
         let mut rng = ChaCha8Rng::seed_from_u64(cfg.seed);
         rng.set_stream(it + 1);
         let ep = fam.sample(&mut rng, cfg.meta_batch, cfg.k_support, cfg.k_query, device)?;
         let th: Vec<Tensor> = theta.iter().map(|v| v.as_tensor().clone()).collect();
-        let loss = meta_loss(&arch, manifest.task, &th, &alpha_of(&alpha_vars), &ep, cfg.inner_steps, cfg.order)?;
+        let loss = meta_loss(
+            &arch,
+            manifest.task,
+            &th,
+            &alpha_of(&alpha_vars),
+            &ep,
+            cfg.inner_steps,
+            cfg.order,
+        )?;
         let grads = loss.backward()?;
         let gs: Vec<Tensor> = vars
             .iter()
-            .map(|v| grads.get(v.as_tensor()).cloned().context("no gradient for a meta-parameter"))
+            .map(|v| {
+                grads
+                    .get(v.as_tensor())
+                    .cloned()
+                    .context("no gradient for a meta-parameter")
+            })
             .collect::<anyhow::Result<_>>()?;
+        adam.lr = learning_rate(&cfg, it);
         adam.update(&vars, &gs)?;
         let l = loss.to_dtype(DType::F64)?.to_scalar::<f64>()?;
         if !l.is_finite() {
@@ -235,28 +300,118 @@ pub fn train(cfg: TrainConfig, device: &Device) -> anyhow::Result<()> {
             pb.println(&line);
             log_line(&log, &line)?;
         }
-        if done % cfg.ckpt_every == 0 || done == cfg.iters {
+        if done % cfg.ckpt_every == 0 || done == cfg.iters || done == end {
             let th: Vec<Tensor> = theta.iter().map(|v| v.as_tensor().clone()).collect();
             let al = alpha_of(&alpha_vars);
             let n = theta.len();
-            let mut groups: Vec<(&str, &[Tensor])> =
-                vec![("theta", &th), ("alpha", &al), ("m_theta", &adam.m[..n]), ("v_theta", &adam.v[..n])];
+            let mut groups: Vec<(&str, &[Tensor])> = vec![
+                ("theta", &th),
+                ("alpha", &al),
+                ("m_theta", &adam.m[..n]),
+                ("v_theta", &adam.v[..n]),
+            ];
             if cfg.method == Method::Metasgd {
                 groups.push(("m_alpha", &adam.m[n..]));
                 groups.push(("v_alpha", &adam.v[n..]));
             }
             store::save_params(&ckpt, &arch, &groups)?;
-            let meta = CheckpointMeta { iter: done, adam_step: adam.step, ema_loss: ema, elapsed_s: elapsed, config: cfg.clone() };
+            let meta = CheckpointMeta {
+                iter: done,
+                adam_step: adam.step,
+                ema_loss: ema,
+                elapsed_s: elapsed,
+                config: cfg.clone(),
+            };
             std::fs::write(&ckpt_meta, serde_json::to_string_pretty(&meta)?)?;
         }
     }
     pb.finish();
+    if end < cfg.iters {
+        log_line(&log, &format!("stopped at iteration {end} (--stop-at); continue with --resume"))?;
+        return Ok(());
+    }
     let th: Vec<Tensor> = theta.iter().map(|v| v.as_tensor().clone()).collect();
     manifest.description = format!(
         "{} Meta-trained by `metasgd train` ({:?}, {:?} order, {} iterations, meta-batch {}, K={}).",
         manifest.description, cfg.method, cfg.order, cfg.iters, cfg.meta_batch, cfg.k_support
     );
     save_model(&cfg.out, &manifest, &th, &alpha_of(&alpha_vars))?;
-    std::fs::write(cfg.out.join("train_config.json"), serde_json::to_string_pretty(&cfg)? + "\n")?;
+    std::fs::write(
+        cfg.out.join("train_config.json"),
+        serde_json::to_string_pretty(&cfg)? + "\n",
+    )?;
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn cfg(out: &Path, iters: u64) -> TrainConfig {
+        TrainConfig {
+            task: "sinusoid".into(),
+            out: out.to_path_buf(),
+            name: Some("t".into()),
+            method: Method::Metasgd,
+            order: Order::First,
+            iters,
+            meta_batch: 4,
+            k_support: 5,
+            k_query: 5,
+            inner_steps: 1,
+            meta_lr: 1e-3,
+            lr_min: Some(1e-4),
+            alpha_lo: 0.005,
+            alpha_hi: 0.1,
+            maml_alpha: 0.01,
+            seed: 3,
+            val_every: 10,
+            val_tasks: 20,
+            ckpt_every: 10,
+            stop_at: None,
+            resume: true,
+        }
+    }
+
+    fn weights(dir: &Path) -> Vec<Vec<f32>> {
+        let m = crate::model::load_model(dir, &Device::Cpu).unwrap();
+        m.theta
+            .iter()
+            .chain(&m.alpha)
+            .map(|t| t.flatten_all().unwrap().to_vec1::<f32>().unwrap())
+            .collect()
+    }
+
+    #[test]
+    fn resumed_training_equals_uninterrupted_training() {
+        let base = std::env::temp_dir().join(format!("metasgd-train-{}", std::process::id()));
+        let (a, b) = (base.join("straight"), base.join("resumed"));
+        let _ = std::fs::remove_dir_all(&base);
+        train(cfg(&a, 30), &Device::Cpu).unwrap();
+        train(TrainConfig { stop_at: Some(20), ..cfg(&b, 30) }, &Device::Cpu).unwrap();
+        assert!(!b.join("model.safetensors").exists(), "an interrupted run writes no model");
+        train(cfg(&b, 30), &Device::Cpu).unwrap();
+        let (wa, wb) = (weights(&a), weights(&b));
+        let diff = wa.iter().flatten().zip(wb.iter().flatten()).map(|(x, y)| (x - y).abs()).fold(0f32, f32::max);
+        assert_eq!(diff, 0.0, "resuming from a checkpoint must reproduce the same run");
+        let log = std::fs::read_to_string(b.join("train.log")).unwrap();
+        assert!(log.contains("resumed at iteration 20"), "{log}");
+        let _ = std::fs::remove_dir_all(&base);
+    }
+
+    #[test]
+    fn maml_keeps_alpha_fixed() {
+        let out = std::env::temp_dir().join(format!("metasgd-maml-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&out);
+        let mut c = cfg(&out, 10);
+        c.method = Method::Maml;
+        c.resume = false;
+        train(c, &Device::Cpu).unwrap();
+        let m = crate::model::load_model(&out, &Device::Cpu).unwrap();
+        for a in &m.alpha {
+            assert_eq!(a.dims(), &[] as &[usize]);
+            assert_eq!(a.to_scalar::<f32>().unwrap(), 0.01);
+        }
+        let _ = std::fs::remove_dir_all(&out);
+    }
 }

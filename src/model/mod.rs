@@ -39,8 +39,14 @@ impl Architecture {
                 .enumerate()
                 .flat_map(|(i, w)| {
                     [
-                        ParamSpec { name: format!("l{}.weight", i + 1), shape: vec![w[1], w[0]] },
-                        ParamSpec { name: format!("l{}.bias", i + 1), shape: vec![w[1]] },
+                        ParamSpec {
+                            name: format!("l{}.weight", i + 1),
+                            shape: vec![w[1], w[0]],
+                        },
+                        ParamSpec {
+                            name: format!("l{}.bias", i + 1),
+                            shape: vec![w[1]],
+                        },
                     ]
                 })
                 .collect(),
@@ -71,7 +77,9 @@ impl Architecture {
         match self {
             Architecture::Mlp { sizes } => {
                 if sizes.len() < 2 || sizes.contains(&0) {
-                    return Err(format!("mlp sizes must have at least 2 non-zero entries, got {sizes:?}"));
+                    return Err(format!(
+                        "mlp sizes must have at least 2 non-zero entries, got {sizes:?}"
+                    ));
                 }
             }
         }
@@ -122,7 +130,12 @@ pub fn loss_per_task(task: TaskKind, pred: &Tensor, target: &Target) -> Result<T
             let c = onehot.dim(D::Minus1)?;
             let logits = pred.narrow(D::Minus1, 0, c)?;
             let m = logits.max_keepdim(D::Minus1)?.detach();
-            let lse = logits.broadcast_sub(&m)?.exp()?.sum_keepdim(D::Minus1)?.log()?.broadcast_add(&m)?;
+            let lse = logits
+                .broadcast_sub(&m)?
+                .exp()?
+                .sum_keepdim(D::Minus1)?
+                .log()?
+                .broadcast_add(&m)?;
             let logp = logits.broadcast_sub(&lse)?;
             let n = onehot.dim(1)? as f64;
             (logp * onehot)?.sum(D::Minus1)?.sum(1)?.affine(-1.0 / n, 0.0)
@@ -146,5 +159,91 @@ impl Target {
         match self {
             Target::Values(t) | Target::OneHot(t) => t,
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use candle_core::Device;
+
+    fn mlp() -> Architecture {
+        Architecture::Mlp { sizes: vec![3, 4, 2] }
+    }
+
+    #[test]
+    fn params_are_named_in_torch_layout() {
+        let names: Vec<_> = mlp().params().into_iter().map(|p| (p.name, p.shape)).collect();
+        assert_eq!(
+            names,
+            vec![
+                ("l1.weight".to_string(), vec![4, 3]),
+                ("l1.bias".to_string(), vec![4]),
+                ("l2.weight".to_string(), vec![2, 4]),
+                ("l2.bias".to_string(), vec![2])
+            ]
+        );
+        assert_eq!(mlp().num_params(), 12 + 4 + 8 + 2);
+    }
+
+    #[test]
+    fn shared_and_per_task_parameters_give_the_same_forward() {
+        let dev = Device::Cpu;
+        let arch = mlp();
+        let theta: Vec<Tensor> = arch
+            .params()
+            .iter()
+            .enumerate()
+            .map(|(i, p)| {
+                Tensor::arange(0f32, p.shape.iter().product::<usize>() as f32, &dev)
+                    .unwrap()
+                    .affine(0.1, i as f64 * -0.2)
+                    .unwrap()
+                    .reshape(p.shape.as_slice())
+                    .unwrap()
+            })
+            .collect();
+        let x = Tensor::new(
+            &[
+                [[1f32, -2.0, 0.5], [0.0, 1.0, -1.0]],
+                [[2f32, 2.0, 2.0], [-1.0, 0.0, 0.0]],
+            ],
+            &dev,
+        )
+        .unwrap();
+        let shared = arch.forward(&theta, &x).unwrap();
+        let per_task: Vec<Tensor> = theta
+            .iter()
+            .map(|t| t.broadcast_left(2).unwrap().contiguous().unwrap())
+            .collect();
+        let batched = arch.forward(&per_task, &x).unwrap();
+        assert_eq!(shared.dims(), &[2, 2, 2]);
+        assert_eq!(shared.to_vec3::<f32>().unwrap(), batched.to_vec3::<f32>().unwrap());
+        // Hand check of one output: relu(W1 x + b1) then W2 h + b2.
+        let w1 = theta[0].to_vec2::<f32>().unwrap();
+        let b1 = theta[1].to_vec1::<f32>().unwrap();
+        let w2 = theta[2].to_vec2::<f32>().unwrap();
+        let b2 = theta[3].to_vec1::<f32>().unwrap();
+        let xin = [1f32, -2.0, 0.5];
+        let h: Vec<f32> = (0..4)
+            .map(|j| (0..3).map(|i| w1[j][i] * xin[i]).sum::<f32>() + b1[j])
+            .map(|v| v.max(0.0))
+            .collect();
+        let y0 = (0..4).map(|j| w2[0][j] * h[j]).sum::<f32>() + b2[0];
+        assert!((shared.to_vec3::<f32>().unwrap()[0][0][0] - y0).abs() < 1e-5);
+    }
+
+    #[test]
+    fn cross_entropy_masks_unused_outputs() {
+        let dev = Device::Cpu;
+        // 3 outputs, 2 classes used: the third logit must not matter.
+        let logits = Tensor::new(&[[[1f32, 2.0, 100.0]]], &dev).unwrap();
+        let onehot = Target::OneHot(Tensor::new(&[[[0f32, 1.0]]], &dev).unwrap());
+        let l = loss_per_task(TaskKind::Classification, &logits, &onehot)
+            .unwrap()
+            .to_vec1::<f32>()
+            .unwrap()[0];
+        let want = -(2f32.exp() / (1f32.exp() + 2f32.exp())).ln();
+        assert!((l - want).abs() < 1e-6, "{l} vs {want}");
     }
 }

@@ -41,23 +41,44 @@ impl LoadedModel {
 
     /// The same model on another device.
     pub fn to_device(&self, device: &Device) -> candle_core::Result<Self> {
-        let mv = |ts: &[Tensor]| ts.iter().map(|t| t.to_device(device)).collect::<candle_core::Result<Vec<_>>>();
-        Ok(Self { theta: mv(&self.theta)?, alpha: mv(&self.alpha)?, ..self.clone() })
+        let mv = |ts: &[Tensor]| {
+            ts.iter()
+                .map(|t| t.to_device(device))
+                .collect::<candle_core::Result<Vec<_>>>()
+        };
+        Ok(Self {
+            theta: mv(&self.theta)?,
+            alpha: mv(&self.alpha)?,
+            ..self.clone()
+        })
     }
 }
 
 /// Loads and validates the model in `dir`.
 pub fn load_model(dir: &Path, device: &Device) -> Result<LoadedModel, ModelError> {
     let manifest_path = dir.join("manifest.json");
-    let text = std::fs::read_to_string(&manifest_path)
-        .map_err(|source| ModelError::Io { path: manifest_path.clone(), source })?;
-    let manifest: Manifest = serde_json::from_str(&text)
-        .map_err(|e| ModelError::Manifest { path: manifest_path.clone(), msg: e.to_string() })?;
-    manifest.validate().map_err(|msg| ModelError::Manifest { path: manifest_path.clone(), msg })?;
+    let text = std::fs::read_to_string(&manifest_path).map_err(|source| ModelError::Io {
+        path: manifest_path.clone(),
+        source,
+    })?;
+    let manifest: Manifest = serde_json::from_str(&text).map_err(|e| ModelError::Manifest {
+        path: manifest_path.clone(),
+        msg: e.to_string(),
+    })?;
+    manifest.validate().map_err(|msg| ModelError::Manifest {
+        path: manifest_path.clone(),
+        msg,
+    })?;
 
     let weights_path = dir.join(&manifest.weights);
-    let bytes = std::fs::read(&weights_path).map_err(|source| ModelError::Io { path: weights_path.clone(), source })?;
-    let werr = |msg: String| ModelError::Weights { path: weights_path.clone(), msg };
+    let bytes = std::fs::read(&weights_path).map_err(|source| ModelError::Io {
+        path: weights_path.clone(),
+        source,
+    })?;
+    let werr = |msg: String| ModelError::Weights {
+        path: weights_path.clone(),
+        msg,
+    };
     let mut tensors = candle_core::safetensors::load_buffer(&bytes, &Device::Cpu).map_err(|e| werr(e.to_string()))?;
 
     let mut theta = Vec::new();
@@ -67,7 +88,12 @@ pub fn load_model(dir: &Path, device: &Device) -> Result<LoadedModel, ModelError
             .remove(&format!("theta.{}", spec.name))
             .ok_or_else(|| werr(format!("missing tensor theta.{}", spec.name)))?;
         if t.dims() != spec.shape.as_slice() {
-            return Err(werr(format!("theta.{} has shape {:?}, expected {:?}", spec.name, t.dims(), spec.shape)));
+            return Err(werr(format!(
+                "theta.{} has shape {:?}, expected {:?}",
+                spec.name,
+                t.dims(),
+                spec.shape
+            )));
         }
         let a = tensors
             .remove(&format!("alpha.{}", spec.name))
@@ -85,7 +111,10 @@ pub fn load_model(dir: &Path, device: &Device) -> Result<LoadedModel, ModelError
         };
         for (kind, t) in [("theta", &t), ("alpha", &a)] {
             let t32 = t.to_dtype(DType::F32).map_err(|e| werr(e.to_string()))?;
-            let v = t32.flatten_all().and_then(|t| t.to_vec1::<f32>()).map_err(|e| werr(e.to_string()))?;
+            let v = t32
+                .flatten_all()
+                .and_then(|t| t.to_vec1::<f32>())
+                .map_err(|e| werr(e.to_string()))?;
             if v.iter().any(|x| !x.is_finite()) {
                 return Err(werr(format!("{kind}.{} holds NaN or infinite values", spec.name)));
             }
@@ -97,15 +126,30 @@ pub fn load_model(dir: &Path, device: &Device) -> Result<LoadedModel, ModelError
         return Err(werr(format!("unexpected tensor {extra}")));
     }
     let version = digest(&manifest.architecture, &theta, &alpha).map_err(|e| werr(e.to_string()))?;
-    let model = LoadedModel { manifest, theta, alpha, version, dir: dir.to_path_buf() };
-    model.to_device(device).map_err(|e| werr(format!("cannot move to {device:?}: {e}")))
+    let model = LoadedModel {
+        manifest,
+        theta,
+        alpha,
+        version,
+        dir: dir.to_path_buf(),
+    };
+    model
+        .to_device(device)
+        .map_err(|e| werr(format!("cannot move to {device:?}: {e}")))
 }
 
 /// Writes `manifest.json` and the weights file into `dir` (created if needed).
 pub fn save_model(dir: &Path, manifest: &Manifest, theta: &[Tensor], alpha: &[Tensor]) -> anyhow::Result<()> {
     std::fs::create_dir_all(dir)?;
-    save_params(&dir.join(&manifest.weights), &manifest.architecture, &[("theta", theta), ("alpha", alpha)])?;
-    std::fs::write(dir.join("manifest.json"), serde_json::to_string_pretty(manifest)? + "\n")?;
+    save_params(
+        &dir.join(&manifest.weights),
+        &manifest.architecture,
+        &[("theta", theta), ("alpha", alpha)],
+    )?;
+    std::fs::write(
+        dir.join("manifest.json"),
+        serde_json::to_string_pretty(manifest)? + "\n",
+    )?;
     Ok(())
 }
 
@@ -115,9 +159,17 @@ pub fn save_params(path: &Path, arch: &Architecture, groups: &[(&str, &[Tensor])
     let specs = arch.params();
     let mut map = HashMap::new();
     for (prefix, ts) in groups {
-        anyhow::ensure!(ts.len() == specs.len(), "{prefix}: {} tensors for {} parameters", ts.len(), specs.len());
+        anyhow::ensure!(
+            ts.len() == specs.len(),
+            "{prefix}: {} tensors for {} parameters",
+            ts.len(),
+            specs.len()
+        );
         for (spec, t) in specs.iter().zip(ts.iter()) {
-            map.insert(format!("{prefix}.{}", spec.name), t.to_device(&Device::Cpu)?.to_dtype(DType::F32)?);
+            map.insert(
+                format!("{prefix}.{}", spec.name),
+                t.to_device(&Device::Cpu)?.to_dtype(DType::F32)?,
+            );
         }
     }
     let tmp = path.with_extension("tmp");
@@ -127,7 +179,12 @@ pub fn save_params(path: &Path, arch: &Architecture, groups: &[(&str, &[Tensor])
 }
 
 /// Loads `<prefix>.<param>` groups saved by [`save_params`].
-pub fn load_params(path: &Path, arch: &Architecture, prefixes: &[&str], device: &Device) -> anyhow::Result<Vec<Vec<Tensor>>> {
+pub fn load_params(
+    path: &Path,
+    arch: &Architecture,
+    prefixes: &[&str],
+    device: &Device,
+) -> anyhow::Result<Vec<Vec<Tensor>>> {
     let mut map = candle_core::safetensors::load(path, device)?;
     prefixes
         .iter()

@@ -7,7 +7,7 @@ use serde_json::Value;
 
 use super::validate::{ValidLabels, ValidSupport};
 use crate::metasgd::{adapt, Support};
-use crate::model::{LoadedModel, TaskKind, Target};
+use crate::model::{LoadedModel, Target, TaskKind};
 
 /// An adapted model for one task: parameters with a leading task dim of 1.
 pub struct AdaptedModel {
@@ -22,7 +22,12 @@ fn input_tensor(model: &LoadedModel, flat: &[f32], n: usize, device: &Device) ->
 }
 
 /// Runs `steps` adaptation steps on the support set.
-pub fn adapt_support(model: &LoadedModel, s: &ValidSupport, steps: usize, device: &Device) -> candle_core::Result<AdaptedModel> {
+pub fn adapt_support(
+    model: &LoadedModel,
+    s: &ValidSupport,
+    steps: usize,
+    device: &Device,
+) -> candle_core::Result<AdaptedModel> {
     let x = input_tensor(model, &s.inputs, s.n, device)?;
     let target = match &s.labels {
         ValidLabels::Values(v) => Target::Values(Tensor::from_slice(v, (1, s.n, 1), device)?),
@@ -35,9 +40,23 @@ pub fn adapt_support(model: &LoadedModel, s: &ValidSupport, steps: usize, device
             Target::OneHot(Tensor::from_vec(onehot, (1, s.n, c), device)?)
         }
     };
-    let a = adapt(model.architecture(), model.manifest.task, &model.theta, &model.alpha, &Support { x, target }, steps)?;
-    Ok(AdaptedModel { params: a.params, loss_before: a.loss_before[0], loss_after: a.loss_after[0] })
+    let a = adapt(
+        model.architecture(),
+        model.manifest.task,
+        &model.theta,
+        &model.alpha,
+        &Support { x, target },
+        steps,
+    )?;
+    Ok(AdaptedModel {
+        params: a.params,
+        loss_before: a.loss_before[0],
+        loss_after: a.loss_after[0],
+    })
 }
+
+/// Per input: the prediction, and for classification the class probabilities.
+pub type Predicted = (Vec<Value>, Option<Vec<Vec<f32>>>);
 
 /// Predictions (and class probabilities for classification) for `n` inputs.
 pub fn predict(
@@ -47,8 +66,11 @@ pub fn predict(
     flat: &[f32],
     n: usize,
     device: &Device,
-) -> candle_core::Result<(Vec<Value>, Option<Vec<Vec<f32>>>)> {
-    let out = model.architecture().forward(params, &input_tensor(model, flat, n, device)?)?.squeeze(0)?;
+) -> candle_core::Result<Predicted> {
+    let out = model
+        .architecture()
+        .forward(params, &input_tensor(model, flat, n, device)?)?
+        .squeeze(0)?;
     match (model.manifest.task, classes) {
         (TaskKind::Classification, Some(classes)) => {
             let logits = out.narrow(D::Minus1, 0, classes.len())?;
@@ -58,7 +80,10 @@ pub fn predict(
             let labels = p
                 .iter()
                 .map(|row| {
-                    let k = row.iter().enumerate().fold(0, |b, (i, v)| if *v > row[b] { i } else { b });
+                    let k = row
+                        .iter()
+                        .enumerate()
+                        .fold(0, |b, (i, v)| if *v > row[b] { i } else { b });
                     classes[k].clone()
                 })
                 .collect();

@@ -16,7 +16,12 @@ pub struct AppError {
 
 impl AppError {
     pub fn new(status: StatusCode, code: &'static str, message: impl Into<String>) -> Self {
-        Self { status, code, message: message.into(), retry_after: None }
+        Self {
+            status,
+            code,
+            message: message.into(),
+            retry_after: None,
+        }
     }
     /// Well-formed JSON whose content is invalid (422).
     pub fn invalid(code: &'static str, message: impl Into<String>) -> Self {
@@ -27,16 +32,26 @@ impl AppError {
     }
     /// Too much work in flight: 429 with `Retry-After`.
     pub fn overloaded(message: impl Into<String>) -> Self {
-        Self { retry_after: Some(1), ..Self::new(StatusCode::TOO_MANY_REQUESTS, "overloaded", message) }
+        Self {
+            retry_after: Some(1),
+            ..Self::new(StatusCode::TOO_MANY_REQUESTS, "overloaded", message)
+        }
     }
     /// Not ready, shutting down, or timed out: 503 with `Retry-After`.
     pub fn unavailable(code: &'static str, message: impl Into<String>) -> Self {
-        Self { retry_after: Some(1), ..Self::new(StatusCode::SERVICE_UNAVAILABLE, code, message) }
+        Self {
+            retry_after: Some(1),
+            ..Self::new(StatusCode::SERVICE_UNAVAILABLE, code, message)
+        }
     }
     /// A failure of ours, not the client's. The message is logged, not sent.
     pub fn internal(err: impl std::fmt::Display) -> Self {
         tracing::error!(error = %err, "internal error");
-        Self::new(StatusCode::INTERNAL_SERVER_ERROR, "internal_error", "the server failed to process the request")
+        Self::new(
+            StatusCode::INTERNAL_SERVER_ERROR,
+            "internal_error",
+            "the server failed to process the request",
+        )
     }
 }
 
@@ -61,9 +76,11 @@ impl From<JsonRejection> for AppError {
     fn from(rej: JsonRejection) -> Self {
         let detail = rej.body_text();
         match rej {
-            JsonRejection::JsonSyntaxError(_) => {
-                Self::new(StatusCode::BAD_REQUEST, "malformed_json", format!("the body is not valid JSON: {detail}"))
-            }
+            JsonRejection::JsonSyntaxError(_) => Self::new(
+                StatusCode::BAD_REQUEST,
+                "malformed_json",
+                format!("the body is not valid JSON: {detail}"),
+            ),
             JsonRejection::JsonDataError(_) => Self::invalid(
                 "invalid_request",
                 format!("the JSON does not have the expected shape: {detail}; see /openapi.yaml"),
@@ -78,13 +95,21 @@ impl From<JsonRejection> for AppError {
                 "payload_too_large",
                 "the request body is larger than the server's limit (--max-body-bytes)",
             ),
-            other => Self::new(other.status(), "bad_request", format!("cannot read the request body: {detail}")),
+            other => Self::new(
+                other.status(),
+                "bad_request",
+                format!("cannot read the request body: {detail}"),
+            ),
         }
     }
 }
 
 impl From<QueryRejection> for AppError {
     fn from(rej: QueryRejection) -> Self {
-        Self::new(StatusCode::BAD_REQUEST, "invalid_query", format!("invalid query string: {}", rej.body_text()))
+        Self::new(
+            StatusCode::BAD_REQUEST,
+            "invalid_query",
+            format!("invalid query string: {}", rej.body_text()),
+        )
     }
 }

@@ -12,7 +12,9 @@ use metrics_exporter_prometheus::{Matcher, PrometheusBuilder, PrometheusHandle};
 
 use super::sessions::Removed;
 
-const BUCKETS: [f64; 14] = [0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5];
+const BUCKETS: [f64; 14] = [
+    0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5,
+];
 
 /// The process-wide Prometheus handle; installs the recorder on first use.
 pub fn handle() -> PrometheusHandle {
@@ -33,19 +35,35 @@ pub fn handle() -> PrometheusHandle {
 }
 
 fn describe() {
-    describe_counter!("metasgd_http_requests_total", "HTTP requests by route, method and status");
-    describe_histogram!("metasgd_http_request_duration_seconds", "HTTP request latency by route and method");
+    describe_counter!(
+        "metasgd_http_requests_total",
+        "HTTP requests by route, method and status"
+    );
+    describe_histogram!(
+        "metasgd_http_request_duration_seconds",
+        "HTTP request latency by route and method"
+    );
     describe_counter!("metasgd_adaptations_total", "Adaptations run, by model");
     describe_histogram!("metasgd_adaptation_duration_seconds", "Time spent adapting, by model");
     describe_counter!("metasgd_predictions_total", "Inputs predicted, by model");
     describe_gauge!("metasgd_sessions_live", "Sessions held by the session store");
-    describe_counter!("metasgd_session_evictions_total", "Sessions removed by the store: reason lru or expired");
-    describe_counter!("metasgd_overload_rejections_total", "Requests answered 429 because the compute queue was full");
+    describe_counter!(
+        "metasgd_session_evictions_total",
+        "Sessions removed by the store: reason lru or expired"
+    );
+    describe_counter!(
+        "metasgd_overload_rejections_total",
+        "Requests answered 429 because the compute queue was full"
+    );
 }
 
 /// Records requests by route and status, and their latency.
 pub async fn track(req: Request, next: Next) -> Response {
-    let route = req.extensions().get::<MatchedPath>().map(|p| p.as_str().to_owned()).unwrap_or_else(|| "unmatched".into());
+    let route = req
+        .extensions()
+        .get::<MatchedPath>()
+        .map(|p| p.as_str().to_owned())
+        .unwrap_or_else(|| "unmatched".into());
     let method = req.method().to_string();
     let start = Instant::now();
     let resp = next.run(req).await;

@@ -101,7 +101,11 @@ pub fn build_state(cfg: &ServeConfig) -> anyhow::Result<AppState> {
         workers: Arc::new(Semaphore::new(cfg.threads.max(1))),
         ready: false.into(),
         device,
-        limits: Limits { max_support: cfg.max_support, max_inputs: cfg.max_inputs, max_ttl_seconds: cfg.max_ttl },
+        limits: Limits {
+            max_support: cfg.max_support,
+            max_inputs: cfg.max_inputs,
+            max_ttl_seconds: cfg.max_ttl,
+        },
         default_ttl_seconds: cfg.session_ttl,
         request_timeout: Duration::from_secs(cfg.request_timeout.max(1)),
     })))
@@ -135,11 +139,16 @@ pub async fn warm_up(state: &AppState) -> anyhow::Result<()> {
         let dim: usize = m.input.shape.iter().product();
         let labels = match m.task {
             crate::model::TaskKind::Regression => validate::ValidLabels::Values(vec![0.0]),
-            crate::model::TaskKind::Classification => {
-                validate::ValidLabels::Classes { index: vec![0], classes: vec![serde_json::json!("warm-up")] }
-            }
+            crate::model::TaskKind::Classification => validate::ValidLabels::Classes {
+                index: vec![0],
+                classes: vec![serde_json::json!("warm-up")],
+            },
         };
-        let support = validate::ValidSupport { inputs: vec![0.0; dim], n: 1, labels };
+        let support = validate::ValidSupport {
+            inputs: vec![0.0; dim],
+            n: 1,
+            labels,
+        };
         let served = served.clone();
         state
             .compute(move |dev| {
@@ -221,9 +230,13 @@ pub async fn run(cfg: ServeConfig) -> anyhow::Result<()> {
     }
     let addr: SocketAddr = format!("{}:{}", cfg.host, cfg.port)
         .parse()
-        .or_else(|_| std::net::ToSocketAddrs::to_socket_addrs(&(cfg.host.as_str(), cfg.port)).map(|mut a| a.next().unwrap()))
+        .or_else(|_| {
+            std::net::ToSocketAddrs::to_socket_addrs(&(cfg.host.as_str(), cfg.port)).map(|mut a| a.next().unwrap())
+        })
         .map_err(|e| anyhow::anyhow!("invalid --host/--port {}:{}: {e}", cfg.host, cfg.port))?;
-    let listener = tokio::net::TcpListener::bind(addr).await.map_err(|e| anyhow::anyhow!("cannot listen on {addr}: {e}"))?;
+    let listener = tokio::net::TcpListener::bind(addr)
+        .await
+        .map_err(|e| anyhow::anyhow!("cannot listen on {addr}: {e}"))?;
     tracing::info!(%addr, device = %crate::device::name(&state.device), threads = cfg.threads, "listening");
     serve(listener, state, cfg.max_body_bytes, shutdown_signal()).await
 }

@@ -56,12 +56,20 @@ async fn ready(State(s): State<AppState>) -> Response {
     if s.is_ready() {
         Json(Status { status: "ready" }).into_response()
     } else {
-        AppError::unavailable("not_ready", "models are loading or warming up, or the server is shutting down").into_response()
+        AppError::unavailable(
+            "not_ready",
+            "models are loading or warming up, or the server is shutting down",
+        )
+        .into_response()
     }
 }
 
 async fn metrics_text() -> Response {
-    ([(header::CONTENT_TYPE, "text/plain; version=0.0.4")], metrics::handle().render()).into_response()
+    (
+        [(header::CONTENT_TYPE, "text/plain; version=0.0.4")],
+        metrics::handle().render(),
+    )
+        .into_response()
 }
 
 async fn openapi() -> Response {
@@ -69,7 +77,9 @@ async fn openapi() -> Response {
 }
 
 async fn list_models(State(s): State<AppState>) -> Json<ModelList> {
-    Json(ModelList { models: s.models.values().map(|m| m.info.clone()).collect() })
+    Json(ModelList {
+        models: s.models.values().map(|m| m.info.clone()).collect(),
+    })
 }
 
 async fn model_info(State(s): State<AppState>, Path(model): Path<String>) -> Result<Json<ModelInfo>, AppError> {
@@ -86,14 +96,24 @@ async fn adapt(
     model: &str,
     support: &SupportSet,
     steps: Option<i64>,
-) -> Result<(std::sync::Arc<super::state::ServedModel>, usize, validate::ValidSupport, engine::AdaptedModel), AppError> {
+) -> Result<
+    (
+        std::sync::Arc<super::state::ServedModel>,
+        usize,
+        validate::ValidSupport,
+        engine::AdaptedModel,
+    ),
+    AppError,
+> {
     let served = s.model(model)?;
     let m = &served.model.manifest;
     let steps = validate::steps(m, steps)?;
     let valid = validate::support(m, support, &s.limits)?;
     let (sv, v2) = (served.clone(), valid.clone());
     let start = Instant::now();
-    let adapted = s.compute(move |dev| engine::adapt_support(&sv.model, &v2, steps, dev)).await?;
+    let adapted = s
+        .compute(move |dev| engine::adapt_support(&sv.model, &v2, steps, dev))
+        .await?;
     metrics::adaptation(model, start.elapsed().as_secs_f64());
     Ok((served, steps, valid, adapted))
 }
@@ -171,20 +191,31 @@ async fn delete_session(State(s): State<AppState>, Path(id): Path<String>) -> Re
         metrics::sessions(s.sessions.len(), Default::default());
         Ok(StatusCode::NO_CONTENT)
     } else {
-        Err(session(&s, &id).err().unwrap_or_else(|| AppError::not_found("session_not_found", "no such session")))
+        Err(session(&s, &id)
+            .err()
+            .unwrap_or_else(|| AppError::not_found("session_not_found", "no such session")))
     }
 }
 
-async fn predict_with(s: &AppState, id: &str, inputs: Vec<serde_json::Value>) -> Result<Json<SessionPredictions>, AppError> {
+async fn predict_with(
+    s: &AppState,
+    id: &str,
+    inputs: Vec<serde_json::Value>,
+) -> Result<Json<SessionPredictions>, AppError> {
     let sess = session(s, id)?;
     let served = s.model(&sess.model)?;
     let flat = validate::inputs(&served.model.manifest, &inputs, "inputs", s.limits.max_inputs)?;
     let n = inputs.len();
     let sv = sess.clone();
-    let (predictions, probabilities) =
-        s.compute(move |dev| engine::predict(&served.model, &sv.params, sv.classes.as_deref(), &flat, n, dev)).await?;
+    let (predictions, probabilities) = s
+        .compute(move |dev| engine::predict(&served.model, &sv.params, sv.classes.as_deref(), &flat, n, dev))
+        .await?;
     metrics::predictions(&sess.model, n);
-    Ok(Json(SessionPredictions { session_id: sess.id.clone(), predictions, probabilities }))
+    Ok(Json(SessionPredictions {
+        session_id: sess.id.clone(),
+        predictions,
+        probabilities,
+    }))
 }
 
 async fn session_predict(
@@ -214,10 +245,14 @@ async fn stateless_predict(
     let (served, _steps, valid, adapted) = adapt(&s, &model, &req.support, req.steps).await?;
     let n = req.inputs.len();
     let classes = classes_of(&valid);
-    let (predictions, probabilities) =
-        s.compute(move |dev| engine::predict(&served.model, &adapted.params, classes.as_deref(), &flat, n, dev)).await?;
+    let (predictions, probabilities) = s
+        .compute(move |dev| engine::predict(&served.model, &adapted.params, classes.as_deref(), &flat, n, dev))
+        .await?;
     metrics::predictions(&model, n);
-    Ok(Json(Predictions { predictions, probabilities }))
+    Ok(Json(Predictions {
+        predictions,
+        probabilities,
+    }))
 }
 
 pub async fn not_found() -> AppError {
@@ -225,5 +260,9 @@ pub async fn not_found() -> AppError {
 }
 
 pub async fn method_not_allowed() -> AppError {
-    AppError::new(StatusCode::METHOD_NOT_ALLOWED, "method_not_allowed", "this route does not take that method; see /openapi.yaml")
+    AppError::new(
+        StatusCode::METHOD_NOT_ALLOWED,
+        "method_not_allowed",
+        "this route does not take that method; see /openapi.yaml",
+    )
 }

@@ -76,7 +76,9 @@ pub struct MemoryStore {
 
 impl MemoryStore {
     pub fn new(capacity: usize) -> Self {
-        Self { inner: Mutex::new(LruCache::new(NonZeroUsize::new(capacity.max(1)).unwrap())) }
+        Self {
+            inner: Mutex::new(LruCache::new(NonZeroUsize::new(capacity.max(1)).unwrap())),
+        }
     }
 }
 
@@ -116,11 +118,18 @@ impl SessionStore for MemoryStore {
     fn purge_expired(&self) -> Removed {
         let now = Utc::now();
         let mut lru = self.inner.lock();
-        let dead: Vec<String> = lru.iter().filter(|(_, s)| s.expired(now)).map(|(k, _)| k.clone()).collect();
+        let dead: Vec<String> = lru
+            .iter()
+            .filter(|(_, s)| s.expired(now))
+            .map(|(k, _)| k.clone())
+            .collect();
         for k in &dead {
             lru.pop(k);
         }
-        Removed { expired: dead.len(), evicted: 0 }
+        Removed {
+            expired: dead.len(),
+            evicted: 0,
+        }
     }
 
     fn len(&self) -> usize {
@@ -138,7 +147,10 @@ mod tests {
             id: id.into(),
             model: "m".into(),
             model_version: "v".into(),
-            support: SupportSet { inputs: vec![], labels: vec![] },
+            support: SupportSet {
+                inputs: vec![],
+                labels: vec![],
+            },
             steps: 1,
             classes: None,
             created_at: now,

@@ -30,7 +30,13 @@ pub fn load_models(dir: &Path, device: &Device) -> anyhow::Result<BTreeMap<Strin
         .with_context(|| format!("cannot read the models folder {}", dir.display()))?
         .filter_map(|e| e.ok())
         .map(|e| e.path())
-        .filter(|p| p.is_dir() && !p.file_name().map(|n| n.to_string_lossy().starts_with('.')).unwrap_or(true))
+        .filter(|p| {
+            p.is_dir()
+                && !p
+                    .file_name()
+                    .map(|n| n.to_string_lossy().starts_with('.'))
+                    .unwrap_or(true)
+        })
         .collect();
     dirs.sort();
     let mut models = BTreeMap::new();
@@ -48,8 +54,14 @@ pub fn load_models(dir: &Path, device: &Device) -> anyhow::Result<BTreeMap<Strin
             version: model.version.clone(),
         };
         let name = m.name.clone();
-        if models.insert(name.clone(), Arc::new(ServedModel { model, info })).is_some() {
-            anyhow::bail!("{}: model name {name:?} is used by two folders", d.join("manifest.json").display());
+        if models
+            .insert(name.clone(), Arc::new(ServedModel { model, info }))
+            .is_some()
+        {
+            anyhow::bail!(
+                "{}: model name {name:?} is used by two folders",
+                d.join("manifest.json").display()
+            );
         }
     }
     anyhow::ensure!(!models.is_empty(), "no model folders found in {}", dir.display());
@@ -86,7 +98,10 @@ impl AppState {
         self.models.get(name).cloned().ok_or_else(|| {
             AppError::not_found(
                 "model_not_found",
-                format!("no model named {name:?}; GET /v1/models lists the {} available", self.models.len()),
+                format!(
+                    "no model named {name:?}; GET /v1/models lists the {} available",
+                    self.models.len()
+                ),
             )
         })
     }
@@ -123,7 +138,10 @@ impl AppState {
             .map_err(AppError::internal)
         };
         tokio::time::timeout(self.request_timeout, run).await.map_err(|_| {
-            AppError::unavailable("timeout", format!("the request took longer than {:?}", self.request_timeout))
+            AppError::unavailable(
+                "timeout",
+                format!("the request took longer than {:?}", self.request_timeout),
+            )
         })?
     }
 }

@@ -30,16 +30,25 @@ pub struct ValidSupport {
 pub enum ValidLabels {
     Values(Vec<f32>),
     /// Class index per example, and the label value of each class in output order.
-    Classes { index: Vec<u32>, classes: Vec<Value> },
+    Classes {
+        index: Vec<u32>,
+        classes: Vec<Value>,
+    },
 }
 
 /// Parses inputs of the model's kind and shape into a row-major `[N, in]` buffer.
 pub fn inputs(m: &Manifest, values: &[Value], field: &str, max: usize) -> Result<Vec<f32>, AppError> {
     if values.is_empty() {
-        return Err(AppError::invalid("empty_inputs", format!("`{field}` is empty: send at least one input")));
+        return Err(AppError::invalid(
+            "empty_inputs",
+            format!("`{field}` is empty: send at least one input"),
+        ));
     }
     if values.len() > max {
-        return Err(AppError::invalid("too_many_inputs", format!("`{field}` has {} items; the limit is {max}", values.len())));
+        return Err(AppError::invalid(
+            "too_many_inputs",
+            format!("`{field}` has {} items; the limit is {max}", values.len()),
+        ));
     }
     let dim: usize = m.input.shape.iter().product();
     let mut out = Vec::with_capacity(values.len() * dim);
@@ -47,7 +56,10 @@ pub fn inputs(m: &Manifest, values: &[Value], field: &str, max: usize) -> Result
         match m.input.kind {
             InputKind::Vector => vector(v, dim, &format!("{field}[{i}]"), &mut out)?,
             kind => {
-                return Err(AppError::invalid("unsupported_input_kind", format!("inputs of kind {kind:?} are not supported")))
+                return Err(AppError::invalid(
+                    "unsupported_input_kind",
+                    format!("inputs of kind {kind:?} are not supported"),
+                ))
             }
         }
     }
@@ -56,12 +68,18 @@ pub fn inputs(m: &Manifest, values: &[Value], field: &str, max: usize) -> Result
 
 fn vector(v: &Value, dim: usize, at: &str, out: &mut Vec<f32>) -> Result<(), AppError> {
     let arr = v.as_array().ok_or_else(|| {
-        AppError::invalid("invalid_input", format!("{at} must be an array of {dim} numbers, got {}", kind_of(v)))
+        AppError::invalid(
+            "invalid_input",
+            format!("{at} must be an array of {dim} numbers, got {}", kind_of(v)),
+        )
     })?;
     if arr.len() != dim {
         return Err(AppError::invalid(
             "wrong_dimensions",
-            format!("{at} has {} values; this model takes inputs of exactly {dim}", arr.len()),
+            format!(
+                "{at} has {} values; this model takes inputs of exactly {dim}",
+                arr.len()
+            ),
         ));
     }
     for (j, x) in arr.iter().enumerate() {
@@ -76,7 +94,10 @@ fn finite(x: &Value, at: &str) -> Result<f32, AppError> {
         .ok_or_else(|| AppError::invalid("invalid_input", format!("{at} must be a number, got {}", kind_of(x))))?;
     let f32v = f as f32;
     if !f32v.is_finite() {
-        return Err(AppError::invalid("non_finite_input", format!("{at} = {f} is not a finite 32-bit float")));
+        return Err(AppError::invalid(
+            "non_finite_input",
+            format!("{at} = {f} is not a finite 32-bit float"),
+        ));
     }
     Ok(f32v)
 }
@@ -95,28 +116,47 @@ fn kind_of(v: &Value) -> &'static str {
 /// Validates a support set against the model.
 pub fn support(m: &Manifest, s: &SupportSet, limits: &Limits) -> Result<ValidSupport, AppError> {
     if s.inputs.is_empty() {
-        return Err(AppError::invalid("empty_support", "the support set is empty: send at least one labelled example"));
+        return Err(AppError::invalid(
+            "empty_support",
+            "the support set is empty: send at least one labelled example",
+        ));
     }
     if s.inputs.len() != s.labels.len() {
         return Err(AppError::invalid(
             "label_mismatch",
-            format!("support has {} inputs but {} labels: send one label per input", s.inputs.len(), s.labels.len()),
+            format!(
+                "support has {} inputs but {} labels: send one label per input",
+                s.inputs.len(),
+                s.labels.len()
+            ),
         ));
     }
     if s.inputs.len() > limits.max_support {
         return Err(AppError::invalid(
             "support_too_large",
-            format!("the support set has {} examples; the limit is {}", s.inputs.len(), limits.max_support),
+            format!(
+                "the support set has {} examples; the limit is {}",
+                s.inputs.len(),
+                limits.max_support
+            ),
         ));
     }
     let x = inputs(m, &s.inputs, "support.inputs", limits.max_support)?;
     let labels = match m.task {
         TaskKind::Regression => ValidLabels::Values(
-            s.labels.iter().enumerate().map(|(i, v)| finite(v, &format!("support.labels[{i}]"))).collect::<Result<_, _>>()?,
+            s.labels
+                .iter()
+                .enumerate()
+                .map(|(i, v)| finite(v, &format!("support.labels[{i}]")))
+                .collect::<Result<_, _>>()?,
         ),
         TaskKind::Classification => classes(s, m.n_way.unwrap_or(0))?,
     };
-    Ok(ValidSupport { inputs: x, n: s.inputs.len(), labels })
+    Ok(ValidSupport {
+        inputs: x,
+        n: s.inputs.len(),
+        labels,
+    })
 }
 
 fn classes(s: &SupportSet, n_way: usize) -> Result<ValidLabels, AppError> {
@@ -142,7 +182,10 @@ fn classes(s: &SupportSet, n_way: usize) -> Result<ValidLabels, AppError> {
     if classes.len() > n_way {
         return Err(AppError::invalid(
             "too_many_classes",
-            format!("the support set has {} distinct labels; this model handles at most {n_way}", classes.len()),
+            format!(
+                "the support set has {} distinct labels; this model handles at most {n_way}",
+                classes.len()
+            ),
         ));
     }
     Ok(ValidLabels::Classes { index, classes })
@@ -155,7 +198,10 @@ pub fn steps(m: &Manifest, steps: Option<i64>) -> Result<usize, AppError> {
         Some(s) if s >= 1 && s as u64 <= m.max_steps as u64 => Ok(s as usize),
         Some(s) => Err(AppError::invalid(
             "invalid_steps",
-            format!("steps = {s} is out of range: use 1 to {} (default {})", m.max_steps, m.default_steps),
+            format!(
+                "steps = {s} is out of range: use 1 to {} (default {})",
+                m.max_steps, m.default_steps
+            ),
         )),
     }
 }
@@ -165,7 +211,10 @@ pub fn ttl(ttl: Option<i64>, default: u64, max: u64) -> Result<u64, AppError> {
     match ttl {
         None => Ok(default.min(max)),
         Some(t) if t >= 1 && t as u64 <= max => Ok(t as u64),
-        Some(t) => Err(AppError::invalid("invalid_ttl", format!("ttl_seconds = {t} is out of range: use 1 to {max}"))),
+        Some(t) => Err(AppError::invalid(
+            "invalid_ttl",
+            format!("ttl_seconds = {t} is out of range: use 1 to {max}"),
+        )),
     }
 }
 

@@ -13,7 +13,14 @@ pub trait TaskFamily: Send + Sync {
     /// Short name, as in `--task` and the manifest's `family`.
     fn name(&self) -> &'static str;
     /// `tasks` tasks, each with `k_support` support and `k_query` query points.
-    fn sample(&self, rng: &mut ChaCha8Rng, tasks: usize, k_support: usize, k_query: usize, device: &Device) -> Result<Episode>;
+    fn sample(
+        &self,
+        rng: &mut ChaCha8Rng,
+        tasks: usize,
+        k_support: usize,
+        k_query: usize,
+        device: &Device,
+    ) -> Result<Episode>;
     /// The manifest a model of this family is served with.
     fn manifest(&self, name: &str) -> Manifest;
 }

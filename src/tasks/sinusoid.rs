@@ -7,7 +7,7 @@ use rand_chacha::ChaCha8Rng;
 
 use super::TaskFamily;
 use crate::metasgd::Episode;
-use crate::model::{Architecture, InputKind, InputSpec, Manifest, TaskKind, Target};
+use crate::model::{Architecture, InputKind, InputSpec, Manifest, Target, TaskKind};
 
 pub struct Sinusoid;
 
@@ -20,7 +20,10 @@ pub struct SineTask {
 
 impl SineTask {
     pub fn random(rng: &mut ChaCha8Rng) -> Self {
-        Self { amplitude: rng.random_range(0.1..5.0), phase: rng.random_range(0.0..std::f32::consts::PI) }
+        Self {
+            amplitude: rng.random_range(0.1..5.0),
+            phase: rng.random_range(0.0..std::f32::consts::PI),
+        }
     }
     pub fn eval(&self, x: f32) -> f32 {
         self.amplitude * (x - self.phase).sin()
@@ -37,7 +40,10 @@ fn points(rng: &mut ChaCha8Rng, tasks: &[SineTask], k: usize, device: &Device) -
             ys.push(t.eval(x));
         }
     }
-    Ok((Tensor::from_vec(xs, (tasks.len(), k, 1), device)?, Tensor::from_vec(ys, (tasks.len(), k, 1), device)?))
+    Ok((
+        Tensor::from_vec(xs, (tasks.len(), k, 1), device)?,
+        Tensor::from_vec(ys, (tasks.len(), k, 1), device)?,
+    ))
 }
 
 impl TaskFamily for Sinusoid {
@@ -45,19 +51,36 @@ impl TaskFamily for Sinusoid {
         "sinusoid"
     }
 
-    fn sample(&self, rng: &mut ChaCha8Rng, tasks: usize, k_support: usize, k_query: usize, device: &Device) -> Result<Episode> {
+    fn sample(
+        &self,
+        rng: &mut ChaCha8Rng,
+        tasks: usize,
+        k_support: usize,
+        k_query: usize,
+        device: &Device,
+    ) -> Result<Episode> {
         let ts: Vec<SineTask> = (0..tasks).map(|_| SineTask::random(rng)).collect();
         let (sx, sy) = points(rng, &ts, k_support, device)?;
         let (qx, qy) = points(rng, &ts, k_query, device)?;
-        Ok(Episode { support_x: sx, support_t: Target::Values(sy), query_x: qx, query_t: Target::Values(qy) })
+        Ok(Episode {
+            support_x: sx,
+            support_t: Target::Values(sy),
+            query_x: qx,
+            query_t: Target::Values(qy),
+        })
     }
 
     fn manifest(&self, name: &str) -> Manifest {
         Manifest {
             name: name.to_string(),
             task: TaskKind::Regression,
-            input: InputSpec { kind: InputKind::Vector, shape: vec![1] },
-            architecture: Architecture::Mlp { sizes: vec![1, 40, 40, 1] },
+            input: InputSpec {
+                kind: InputKind::Vector,
+                shape: vec![1],
+            },
+            architecture: Architecture::Mlp {
+                sizes: vec![1, 40, 40, 1],
+            },
             n_way: None,
             default_steps: 1,
             max_steps: 100,

@@ -53,7 +53,10 @@ pub fn models_with_classifier() -> PathBuf {
     let manifest = Manifest {
         name: "toy-classifier".into(),
         task: TaskKind::Classification,
-        input: InputSpec { kind: InputKind::Vector, shape: vec![2] },
+        input: InputSpec {
+            kind: InputKind::Vector,
+            shape: vec![2],
+        },
         architecture: arch.clone(),
         n_way: Some(5),
         default_steps: 5,
@@ -77,7 +80,11 @@ pub fn models_with_classifier() -> PathBuf {
             Tensor::from_vec(v, s.shape.as_slice(), &Device::Cpu).unwrap()
         })
         .collect();
-    let alpha: Vec<Tensor> = arch.params().iter().map(|_| Tensor::new(0.5f32, &Device::Cpu).unwrap()).collect();
+    let alpha: Vec<Tensor> = arch
+        .params()
+        .iter()
+        .map(|_| Tensor::new(0.5f32, &Device::Cpu).unwrap())
+        .collect();
     save_model(&d.join("toy-classifier"), &manifest, &theta, &alpha).unwrap();
     d
 }
@@ -109,7 +116,13 @@ impl TestServer {
             }
             tokio::time::sleep(std::time::Duration::from_millis(20)).await;
         }
-        Self { base, state, client, stop: Some(tx), handle: Some(handle) }
+        Self {
+            base,
+            state,
+            client,
+            stop: Some(tx),
+            handle: Some(handle),
+        }
     }
 
     pub async fn with_models(models: PathBuf) -> Self {

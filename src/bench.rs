@@ -1,0 +1,203 @@
+//! `metasgd bench`: adaptation and prediction latency in-process, and
+//! throughput over HTTP at several concurrency levels. A benchmark, not a test.
+
+use std::time::{Duration, Instant};
+
+use candle_core::Device;
+use rand::{Rng, SeedableRng};
+use rand_chacha::ChaCha8Rng;
+use serde_json::json;
+
+use crate::server::validate::{ValidLabels, ValidSupport};
+use crate::server::{build_state, engine, serve, ServeConfig};
+
+/// Latency summary in milliseconds.
+#[derive(Debug, Clone)]
+pub struct Summary {
+    pub n: usize,
+    pub mean: f64,
+    pub p50: f64,
+    pub p99: f64,
+}
+
+pub fn summarize(mut ms: Vec<f64>) -> Summary {
+    ms.sort_by(|a, b| a.partial_cmp(b).unwrap());
+    let q = |p: f64| ms[((ms.len() as f64 - 1.0) * p).round() as usize];
+    Summary {
+        n: ms.len(),
+        mean: ms.iter().sum::<f64>() / ms.len() as f64,
+        p50: q(0.5),
+        p99: q(0.99),
+    }
+}
+
+fn time_it(iters: usize, mut f: impl FnMut()) -> Summary {
+    for _ in 0..iters.min(20) {
+        f();
+    }
+    summarize(
+        (0..iters)
+            .map(|_| {
+                let t = Instant::now();
+                f();
+                t.elapsed().as_secs_f64() * 1e3
+            })
+            .collect(),
+    )
+}
+
+fn sine_support(rng: &mut ChaCha8Rng, k: usize) -> (Vec<f32>, Vec<f32>) {
+    let task = crate::tasks::sinusoid::SineTask::random(rng);
+    let xs: Vec<f32> = (0..k).map(|_| rng.random_range(-5.0..5.0)).collect();
+    let ys = xs.iter().map(|&x| task.eval(x)).collect();
+    (xs, ys)
+}
+
+/// In-process: adapt with K=10 for 1 and 5 steps, predict 100 inputs.
+pub fn in_process(cfg: &ServeConfig, model: &str, iters: usize) -> anyhow::Result<Vec<(String, Summary)>> {
+    let state = build_state(cfg)?;
+    let served = state.model(model).map_err(|e| anyhow::anyhow!("{e}"))?;
+    let dev: Device = state.device.clone();
+    let mut rng = ChaCha8Rng::seed_from_u64(1);
+    let (xs, ys) = sine_support(&mut rng, 10);
+    let support = ValidSupport {
+        inputs: xs,
+        n: 10,
+        labels: ValidLabels::Values(ys),
+    };
+    let mut out = vec![];
+    for steps in [1usize, 5] {
+        let s = time_it(iters, || {
+            engine::adapt_support(&served.model, &support, steps, &dev).unwrap();
+        });
+        out.push((format!("adapt K=10, {steps} step(s)"), s));
+    }
+    let adapted = engine::adapt_support(&served.model, &support, 1, &dev)?;
+    let q: Vec<f32> = (0..100).map(|i| -5.0 + i as f32 * 0.1).collect();
+    out.push((
+        "predict 100 inputs".into(),
+        time_it(iters, || {
+            engine::predict(&served.model, &adapted.params, None, &q, 100, &dev).unwrap();
+        }),
+    ));
+    Ok(out)
+}
+
+/// One HTTP load run: `concurrency` clients, each creating a K=10 session and
+/// then predicting 100 inputs, for `duration`.
+pub struct HttpRun {
+    pub concurrency: usize,
+    pub create: Summary,
+    pub predict: Summary,
+    pub requests_per_s: f64,
+    pub errors: usize,
+}
+
+pub async fn over_http(
+    cfg: ServeConfig,
+    model: &str,
+    concurrency: &[usize],
+    duration: Duration,
+) -> anyhow::Result<Vec<HttpRun>> {
+    let state = build_state(&cfg)?;
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
+    let base = format!("http://{}", listener.local_addr()?);
+    let (tx, rx) = tokio::sync::oneshot::channel::<()>();
+    let server = tokio::spawn(serve(listener, state.clone(), cfg.max_body_bytes, async move {
+        let _ = rx.await;
+    }));
+    while !state.is_ready() {
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    let client = reqwest::Client::builder().pool_max_idle_per_host(64).build()?;
+    let queries: Vec<[f32; 1]> = (0..100).map(|i| [-5.0 + i as f32 * 0.1]).collect();
+    let mut runs = vec![];
+    for &c in concurrency {
+        let start = Instant::now();
+        let mut tasks = vec![];
+        for w in 0..c {
+            let (client, base, model, queries) = (client.clone(), base.clone(), model.to_string(), queries.clone());
+            tasks.push(tokio::spawn(async move {
+                let mut rng = ChaCha8Rng::seed_from_u64(w as u64);
+                let (mut create, mut predict, mut errors) = (vec![], vec![], 0usize);
+                while start.elapsed() < duration {
+                    let (xs, ys) = sine_support(&mut rng, 10);
+                    let body =
+                        json!({"support": {"inputs": xs.iter().map(|x| [*x]).collect::<Vec<_>>(), "labels": ys}});
+                    let t = Instant::now();
+                    let r = client
+                        .post(format!("{base}/v1/models/{model}/sessions"))
+                        .json(&body)
+                        .send()
+                        .await;
+                    let id = match r {
+                        Ok(r) if r.status() == 201 => r
+                            .json::<serde_json::Value>()
+                            .await
+                            .ok()
+                            .and_then(|v| v["session_id"].as_str().map(String::from)),
+                        _ => None,
+                    };
+                    create.push(t.elapsed().as_secs_f64() * 1e3);
+                    let Some(id) = id else {
+                        errors += 1;
+                        continue;
+                    };
+                    let t = Instant::now();
+                    let ok = client
+                        .post(format!("{base}/v1/sessions/{id}/predict"))
+                        .json(&json!({"inputs": queries}))
+                        .send()
+                        .await
+                        .map(|r| r.status() == 200)
+                        .unwrap_or(false);
+                    predict.push(t.elapsed().as_secs_f64() * 1e3);
+                    errors += usize::from(!ok);
+                }
+                (create, predict, errors)
+            }));
+        }
+        let (mut create, mut predict, mut errors) = (vec![], vec![], 0);
+        for t in tasks {
+            let (c1, p1, e1) = t.await?;
+            create.extend(c1);
+            predict.extend(p1);
+            errors += e1;
+        }
+        let secs = start.elapsed().as_secs_f64();
+        runs.push(HttpRun {
+            concurrency: c,
+            requests_per_s: (create.len() + predict.len()) as f64 / secs,
+            create: summarize(create),
+            predict: summarize(predict),
+            errors,
+        });
+    }
+    let _ = tx.send(());
+    server.await??;
+    Ok(runs)
+}
+
+/// Prints both parts as Markdown tables.
+pub fn run(cfg: ServeConfig, model: &str, iters: usize, seconds: u64) -> anyhow::Result<()> {
+    println!(
+        "in-process, {iters} iterations each, device {}, {} thread(s)",
+        cfg.device, cfg.threads
+    );
+    println!("| operation | mean ms | p50 ms | p99 ms |\n|---|---|---|---|");
+    for (name, s) in in_process(&cfg, model, iters)? {
+        println!("| {name} | {:.3} | {:.3} | {:.3} |", s.mean, s.p50, s.p99);
+    }
+    let rt = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;
+    let runs = rt.block_on(over_http(cfg, model, &[1, 8, 32], Duration::from_secs(seconds)))?;
+    println!("\nover HTTP (loopback), {seconds} s per level; each client loops: create session (K=10, 1 step), predict 100 inputs");
+    println!("| concurrency | requests/s | create p50 ms | create p99 ms | predict p50 ms | predict p99 ms | errors |");
+    println!("|---|---|---|---|---|---|---|");
+    for r in runs {
+        println!(
+            "| {} | {:.0} | {:.2} | {:.2} | {:.2} | {:.2} | {} |",
+            r.concurrency, r.requests_per_s, r.create.p50, r.create.p99, r.predict.p50, r.predict.p99, r.errors
+        );
+    }
+    Ok(())
+}
