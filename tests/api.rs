@@ -157,15 +157,7 @@ async fn lru_bound_evicts_oldest_session() {
     }
     assert_eq!(s.get(&format!("/v1/sessions/{}", ids[0])).await.0, 404);
     assert_eq!(s.get(&format!("/v1/sessions/{}", ids[2])).await.0, 200);
-    let metrics = s
-        .client
-        .get(s.url("/metrics"))
-        .send()
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
+    let metrics = s.text("/metrics").await;
     assert!(
         metrics.contains("metasgd_session_evictions_total{reason=\"lru\"}"),
         "{metrics}"
@@ -259,15 +251,7 @@ async fn metrics_cover_requests_adaptations_and_sessions() {
     ] {
         assert!(text.contains(name), "metrics lack {name}:\n{text}");
     }
-    let spec = s
-        .client
-        .get(s.url("/openapi.yaml"))
-        .send()
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
+    let spec = s.text("/openapi.yaml").await;
     assert!(spec.starts_with("openapi: 3"));
     s.stop().await;
 }

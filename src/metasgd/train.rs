@@ -156,6 +156,26 @@ pub fn validate(
     Ok(crate::eval::mean_ci95(&losses).0)
 }
 
+/// One line that says how a model was trained.
+pub fn summary(cfg: &TrainConfig) -> String {
+    let method = match cfg.method {
+        Method::Metasgd => "Meta-SGD".to_string(),
+        Method::Maml => format!("MAML with alpha {}", cfg.maml_alpha),
+    };
+    let order = match cfg.order {
+        Order::First => "first",
+        Order::Second => "second",
+    };
+    let lr = match cfg.lr_min {
+        Some(min) => format!("Adam {} cosine to {min}", cfg.meta_lr),
+        None => format!("Adam {}", cfg.meta_lr),
+    };
+    format!(
+        "{method}, {order} order, {} iterations, meta-batch {}, K={} support / {} query, {} inner step(s), {lr}, seed {}",
+        cfg.iters, cfg.meta_batch, cfg.k_support, cfg.k_query, cfg.inner_steps, cfg.seed
+    )
+}
+
 /// The meta learning rate at iteration `it` (constant, or cosine to `lr_min`).
 pub fn learning_rate(cfg: &TrainConfig, it: u64) -> f64 {
     match cfg.lr_min {
@@ -331,10 +351,7 @@ pub fn train(cfg: TrainConfig, device: &Device) -> anyhow::Result<()> {
         return Ok(());
     }
     let th: Vec<Tensor> = theta.iter().map(|v| v.as_tensor().clone()).collect();
-    manifest.description = format!(
-        "{} Meta-trained by `metasgd train` ({:?}, {:?} order, {} iterations, meta-batch {}, K={}).",
-        manifest.description, cfg.method, cfg.order, cfg.iters, cfg.meta_batch, cfg.k_support
-    );
+    manifest.description = format!("{} Meta-trained by `metasgd train`: {}.", manifest.description, summary(&cfg));
     save_model(&cfg.out, &manifest, &th, &alpha_of(&alpha_vars))?;
     std::fs::write(
         cfg.out.join("train_config.json"),

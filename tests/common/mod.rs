@@ -145,6 +145,11 @@ impl TestServer {
         (status, r.json().await.unwrap_or(serde_json::Value::Null))
     }
 
+    /// A GET's body as text (for /metrics and /openapi.yaml).
+    pub async fn text(&self, path: &str) -> String {
+        self.client.get(self.url(path)).send().await.unwrap().text().await.unwrap()
+    }
+
     /// Triggers graceful shutdown and waits for the server to finish.
     pub async fn stop(mut self) {
         if let Some(tx) = self.stop.take() {
