@@ -132,16 +132,31 @@ async fn full_queue_answers_429_with_retry_after() {
     assert_eq!(s.get("/health").await.0, 200);
 }
 
+async fn wait_for(cond: impl Fn() -> bool, what: &str) {
+    for _ in 0..1000 {
+        if cond() {
+            return;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(2)).await;
+    }
+    panic!("timed out waiting for {what}");
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn shutdown_turns_ready_off_and_drains_in_flight_requests() {
     let mut s = TestServer::with_models(shipped_models()).await;
     assert!(s.state.is_ready());
     let (client, url, body) = (s.client.clone(), s.url("/v1/models/sinusoid/sessions"), heavy_request());
+    let idle = s.state.admission.available_permits();
     let in_flight = tokio::spawn(async move { client.post(url).json(&body).send().await.unwrap().status().as_u16() });
-    tokio::time::sleep(std::time::Duration::from_millis(30)).await;
+    // Stop only once the request is being computed (it holds an admission permit).
+    wait_for(
+        || s.state.admission.available_permits() < idle,
+        "the request to be admitted",
+    )
+    .await;
     s.trigger_stop();
-    tokio::time::sleep(std::time::Duration::from_millis(5)).await;
-    assert!(!s.state.is_ready(), "readiness must turn off at shutdown");
+    wait_for(|| !s.state.is_ready(), "readiness to turn off at shutdown").await;
     assert_eq!(in_flight.await.unwrap(), 201, "the request in flight must finish");
     s.handle.take().unwrap().await.unwrap().unwrap();
 }

@@ -347,11 +347,18 @@ pub fn train(cfg: TrainConfig, device: &Device) -> anyhow::Result<()> {
     }
     pb.finish();
     if end < cfg.iters {
-        log_line(&log, &format!("stopped at iteration {end} (--stop-at); continue with --resume"))?;
+        log_line(
+            &log,
+            &format!("stopped at iteration {end} (--stop-at); continue with --resume"),
+        )?;
         return Ok(());
     }
     let th: Vec<Tensor> = theta.iter().map(|v| v.as_tensor().clone()).collect();
-    manifest.description = format!("{} Meta-trained by `metasgd train`: {}.", manifest.description, summary(&cfg));
+    manifest.description = format!(
+        "{} Meta-trained by `metasgd train`: {}.",
+        manifest.description,
+        summary(&cfg)
+    );
     save_model(&cfg.out, &manifest, &th, &alpha_of(&alpha_vars))?;
     std::fs::write(
         cfg.out.join("train_config.json"),
@@ -405,11 +412,26 @@ mod tests {
         let (a, b) = (base.join("straight"), base.join("resumed"));
         let _ = std::fs::remove_dir_all(&base);
         train(cfg(&a, 30), &Device::Cpu).unwrap();
-        train(TrainConfig { stop_at: Some(20), ..cfg(&b, 30) }, &Device::Cpu).unwrap();
-        assert!(!b.join("model.safetensors").exists(), "an interrupted run writes no model");
+        train(
+            TrainConfig {
+                stop_at: Some(20),
+                ..cfg(&b, 30)
+            },
+            &Device::Cpu,
+        )
+        .unwrap();
+        assert!(
+            !b.join("model.safetensors").exists(),
+            "an interrupted run writes no model"
+        );
         train(cfg(&b, 30), &Device::Cpu).unwrap();
         let (wa, wb) = (weights(&a), weights(&b));
-        let diff = wa.iter().flatten().zip(wb.iter().flatten()).map(|(x, y)| (x - y).abs()).fold(0f32, f32::max);
+        let diff = wa
+            .iter()
+            .flatten()
+            .zip(wb.iter().flatten())
+            .map(|(x, y)| (x - y).abs())
+            .fold(0f32, f32::max);
         assert_eq!(diff, 0.0, "resuming from a checkpoint must reproduce the same run");
         let log = std::fs::read_to_string(b.join("train.log")).unwrap();
         assert!(log.contains("resumed at iteration 20"), "{log}");

@@ -147,7 +147,14 @@ impl TestServer {
 
     /// A GET's body as text (for /metrics and /openapi.yaml).
     pub async fn text(&self, path: &str) -> String {
-        self.client.get(self.url(path)).send().await.unwrap().text().await.unwrap()
+        self.client
+            .get(self.url(path))
+            .send()
+            .await
+            .unwrap()
+            .text()
+            .await
+            .unwrap()
     }
 
     /// Triggers graceful shutdown and waits for the server to finish.
