@@ -8,11 +8,14 @@ ARG VARIANT=cpu
 FROM rust:1.95-slim-bookworm AS builder-cpu
 
 FROM nvidia/cuda:13.0.2-devel-ubuntu24.04 AS builder-cuda
+SHELL ["/bin/bash", "-o", "pipefail", "-c"]
+# hadolint ignore=DL3008
 RUN apt-get update && apt-get install -y --no-install-recommends curl ca-certificates gcc g++ \
     && rm -rf /var/lib/apt/lists/* \
     && curl -sSf https://sh.rustup.rs | sh -s -- -y --profile minimal --default-toolchain 1.95.0
 ENV PATH=/root/.cargo/bin:$PATH CUDA_COMPUTE_CAP=90
 
+# hadolint ignore=DL3006
 FROM builder-${VARIANT} AS builder
 ARG VARIANT
 WORKDIR /src
@@ -27,6 +30,7 @@ RUN bash scripts/docker-build.sh "${VARIANT}" /out
 FROM debian:bookworm-slim AS runtime-cpu
 FROM nvidia/cuda:13.0.2-runtime-ubuntu24.04 AS runtime-cuda
 
+# hadolint ignore=DL3006
 FROM runtime-${VARIANT}
 RUN useradd --system --uid 10001 --home-dir /app --shell /usr/sbin/nologin metasgd
 COPY --from=builder /out/bin/metasgd /usr/local/bin/metasgd
@@ -39,7 +43,7 @@ ENV METASGD_HOST=0.0.0.0 \
     METASGD_DEVICE=auto \
     METASGD_LOG=info \
     METASGD_HEALTHCHECK_URL=http://127.0.0.1:8080/health
-USER metasgd
+USER 10001
 EXPOSE 8080
 HEALTHCHECK --interval=10s --timeout=4s --start-period=10s --retries=3 CMD ["metasgd", "healthcheck"]
 ENTRYPOINT ["metasgd"]

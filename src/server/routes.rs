@@ -165,12 +165,17 @@ fn session(s: &AppState, id: &str) -> Result<std::sync::Arc<Session>, AppError> 
     if removed != Default::default() {
         metrics::sessions(s.sessions.len(), removed);
     }
-    found.ok_or_else(|| {
-        AppError::not_found(
-            "session_not_found",
-            format!("session {id:?} does not exist: it expired, was evicted or deleted, or never existed; create one with POST /v1/models/{{model}}/sessions"),
-        )
-    })
+    found.ok_or_else(|| session_not_found(id))
+}
+
+fn session_not_found(id: &str) -> AppError {
+    AppError::not_found(
+        "session_not_found",
+        format!(
+            "session {id:?} does not exist: it expired, was evicted or deleted, or never existed; \
+             create one with POST /v1/models/{{model}}/sessions"
+        ),
+    )
 }
 
 async fn session_info(State(s): State<AppState>, Path(id): Path<String>) -> Result<Json<SessionInfo>, AppError> {
@@ -191,9 +196,7 @@ async fn delete_session(State(s): State<AppState>, Path(id): Path<String>) -> Re
         metrics::sessions(s.sessions.len(), Default::default());
         Ok(StatusCode::NO_CONTENT)
     } else {
-        Err(session(&s, &id)
-            .err()
-            .unwrap_or_else(|| AppError::not_found("session_not_found", "no such session")))
+        Err(session_not_found(&id))
     }
 }
 
