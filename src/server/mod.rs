@@ -228,12 +228,10 @@ pub async fn run(cfg: ServeConfig) -> anyhow::Result<()> {
     for (name, m) in &state.models {
         tracing::info!(model = %name, version = %m.info.version, params = m.info.num_params, "loaded");
     }
-    let addr: SocketAddr = format!("{}:{}", cfg.host, cfg.port)
-        .parse()
-        .or_else(|_| {
-            std::net::ToSocketAddrs::to_socket_addrs(&(cfg.host.as_str(), cfg.port)).map(|mut a| a.next().unwrap())
-        })
-        .map_err(|e| anyhow::anyhow!("invalid --host/--port {}:{}: {e}", cfg.host, cfg.port))?;
+    let addr: SocketAddr = std::net::ToSocketAddrs::to_socket_addrs(&(cfg.host.as_str(), cfg.port))
+        .ok()
+        .and_then(|mut a| a.next())
+        .ok_or_else(|| anyhow::anyhow!("invalid --host/--port: cannot resolve {}:{}", cfg.host, cfg.port))?;
     let listener = tokio::net::TcpListener::bind(addr)
         .await
         .map_err(|e| anyhow::anyhow!("cannot listen on {addr}: {e}"))?;
