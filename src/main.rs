@@ -1,4 +1,4 @@
-//! The `metasgd` command: `serve`, `train`, `eval` and `bench`.
+//! The `metasgd` command: `serve`, `train`, `eval`, `bench` and `healthcheck`.
 
 use std::path::PathBuf;
 
