@@ -82,12 +82,12 @@ async fn thirty_two_concurrent_clients_get_correct_answers() {
     }
 }
 
-/// A support set big enough that 100 steps keep a worker busy for a while.
+/// A support set big enough that 10 steps keep a worker busy for a while.
 fn heavy_request() -> serde_json::Value {
-    let xs: Vec<f64> = (0..2000).map(|i| -5.0 + 10.0 * i as f64 / 1999.0).collect();
+    let xs: Vec<f64> = (0..10_000).map(|i| -5.0 + 10.0 * i as f64 / 9999.0).collect();
     json!({"support": {"inputs": xs.iter().map(|x| json!([x])).collect::<Vec<_>>(),
                        "labels": xs.iter().map(|x| x.sin()).collect::<Vec<_>>()},
-           "steps": 100})
+           "steps": 10})
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]

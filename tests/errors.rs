@@ -148,7 +148,7 @@ async fn every_bad_input_gets_a_4xx_json_error() {
     );
     expect(
         "steps > max",
-        raw(&s, "POST", create, &with(json!({"steps": 101})), j).await,
+        raw(&s, "POST", create, &with(json!({"steps": 11})), j).await,
         422,
         "invalid_steps",
     );
@@ -221,6 +221,14 @@ async fn every_bad_input_gets_a_4xx_json_error() {
         raw(&s, "POST", create, &big, j).await,
         413,
         "payload_too_large",
+    );
+
+    let diverging = json!({"support": {"inputs": [[1.0], [2.0], [3.0]], "labels": [1e5, -2e5, 3e5]}, "steps": 10});
+    expect(
+        "adaptation diverges",
+        raw(&s, "POST", create, &diverging.to_string(), j).await,
+        422,
+        "adaptation_diverged",
     );
 
     // Classification.

@@ -96,3 +96,19 @@ pub fn sessions(live: usize, removed: Removed) {
 pub fn overloaded() {
     counter!("metasgd_overload_rejections_total").increment(1);
 }
+
+/// Counts one admitted compute request in `metasgd_compute_in_flight` while it lives.
+pub struct InFlight(());
+
+impl InFlight {
+    pub fn new() -> Self {
+        gauge!("metasgd_compute_in_flight").increment(1.0);
+        InFlight(())
+    }
+}
+
+impl Drop for InFlight {
+    fn drop(&mut self) {
+        gauge!("metasgd_compute_in_flight").decrement(1.0);
+    }
+}

@@ -235,6 +235,7 @@ pub async fn run(cfg: ServeConfig) -> anyhow::Result<()> {
     let listener = tokio::net::TcpListener::bind(addr)
         .await
         .map_err(|e| anyhow::anyhow!("cannot listen on {addr}: {e}"))?;
+    let addr = listener.local_addr().unwrap_or(addr);
     tracing::info!(%addr, device = %crate::device::name(&state.device), threads = cfg.threads, "listening");
     serve(listener, state, cfg.max_body_bytes, shutdown_signal()).await
 }

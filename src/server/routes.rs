@@ -115,6 +115,16 @@ async fn adapt(
         .compute(move |dev| engine::adapt_support(&sv.model, &v2, steps, dev))
         .await?;
     metrics::adaptation(model, start.elapsed().as_secs_f64());
+    if !adapted.loss_after.is_finite() {
+        return Err(AppError::invalid(
+            "adaptation_diverged",
+            format!(
+                "adaptation diverged: the support loss is not finite after {steps} steps; \
+                 use fewer steps (this model's default is {}) or labels of a smaller scale",
+                m.default_steps
+            ),
+        ));
+    }
     Ok((served, steps, valid, adapted))
 }
 

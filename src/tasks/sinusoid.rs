@@ -83,7 +83,7 @@ impl TaskFamily for Sinusoid {
             },
             n_way: None,
             default_steps: 1,
-            max_steps: 100,
+            max_steps: 10,
             weights: "model.safetensors".into(),
             family: Some("sinusoid".into()),
             description: "Sinusoid regression y = A sin(x - phase), A in [0.1, 5], phase in [0, pi], x in [-5, 5]; \
