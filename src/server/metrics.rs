@@ -101,7 +101,7 @@ pub fn overloaded() {
 pub struct InFlight(());
 
 impl InFlight {
-    pub fn new() -> Self {
+    pub fn start() -> Self {
         gauge!("metasgd_compute_in_flight").increment(1.0);
         InFlight(())
     }

@@ -125,7 +125,7 @@ impl AppState {
             super::metrics::overloaded();
             AppError::overloaded("too many requests in flight; retry after the time in Retry-After")
         })?;
-        let _in_flight = super::metrics::InFlight::new();
+        let _in_flight = super::metrics::InFlight::start();
         let workers = self.workers.clone();
         let device = self.device.clone();
         let run = async move {
