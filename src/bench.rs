@@ -53,11 +53,68 @@ fn sine_support(rng: &mut ChaCha8Rng, k: usize) -> (Vec<f32>, Vec<f32>) {
     (xs, ys)
 }
 
-/// In-process: adapt with K=10 for 1 and 5 steps, predict 100 inputs.
+/// In-process, image models: PNG conversion, N-way K-shot adaptation, prediction.
+fn image_in_process(
+    model: &crate::model::LoadedModel,
+    dev: &Device,
+    iters: usize,
+) -> anyhow::Result<Vec<(String, Summary)>> {
+    use crate::images::{png_to_ink, PIXELS};
+    let mut rng = ChaCha8Rng::seed_from_u64(1);
+    let img = image::GrayImage::from_fn(105, 105, |x, y| {
+        image::Luma([if (x / 7 + y / 11) % 3 == 0 { 0 } else { 255 }])
+    });
+    let mut png = std::io::Cursor::new(Vec::new());
+    image::DynamicImage::ImageLuma8(img).write_to(&mut png, image::ImageFormat::Png)?;
+    let png = png.into_inner();
+    let mut out = vec![(
+        "convert one 105x105 PNG to 28x28".to_string(),
+        time_it(iters, || {
+            png_to_ink(&png, 1024).unwrap();
+        }),
+    )];
+    let mut ink = |n: usize| -> Vec<f32> { (0..n * PIXELS).map(|_| rng.random_range(0.0..1.0f32)).collect() };
+    let mut adapted = None;
+    for (ways, shots) in [(5usize, 1usize), (5, 5), (20, 1), (20, 5)] {
+        let n = ways * shots;
+        let support = ValidSupport {
+            inputs: ink(n),
+            n,
+            labels: ValidLabels::Classes {
+                index: (0..n).map(|i| (i / shots) as u32).collect(),
+                classes: (0..ways).map(|c| json!(c)).collect(),
+            },
+        };
+        let s = time_it(iters, || {
+            engine::adapt_support(model, &support, 1, dev).unwrap();
+        });
+        out.push((format!("adapt {ways}-way {shots}-shot, 1 step"), s));
+        adapted = Some((engine::adapt_support(model, &support, 1, dev)?, support));
+    }
+    let (a, support) = adapted.expect("adapted");
+    let classes = match &support.labels {
+        ValidLabels::Classes { classes, .. } => classes.clone(),
+        _ => unreachable!(),
+    };
+    let q = ink(100);
+    out.push((
+        "predict 100 images (20 classes)".into(),
+        time_it(iters, || {
+            engine::predict(model, &a.params, Some(&classes), &q, 100, dev).unwrap();
+        }),
+    ));
+    Ok(out)
+}
+
+/// In-process: adapt with K=10 for 1 and 5 steps, predict 100 inputs
+/// (image models: see [`image_in_process`]).
 pub fn in_process(cfg: &ServeConfig, model: &str, iters: usize) -> anyhow::Result<Vec<(String, Summary)>> {
     let state = build_state(cfg)?;
     let served = state.model(model).map_err(|e| anyhow::anyhow!("{e}"))?;
     let dev: Device = state.device.clone();
+    if served.model.manifest.input.kind == crate::model::InputKind::Image {
+        return image_in_process(&served.model, &dev, iters);
+    }
     let mut rng = ChaCha8Rng::seed_from_u64(1);
     let (xs, ys) = sine_support(&mut rng, 10);
     let support = ValidSupport {
@@ -188,6 +245,13 @@ pub fn run(cfg: ServeConfig, model: &str, iters: usize, seconds: u64) -> anyhow:
     for (name, s) in in_process(&cfg, model, iters)? {
         println!("| {name} | {:.3} | {:.3} | {:.3} |", s.mean, s.p50, s.p99);
     }
+    let state = build_state(&cfg)?;
+    let served = state.model(model).map_err(|e| anyhow::anyhow!("{e}"))?;
+    if served.model.manifest.task != crate::model::TaskKind::Regression {
+        println!("\n(the HTTP load test drives the sinusoid regression model only)");
+        return Ok(());
+    }
+    drop(state);
     let rt = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;
     let runs = rt.block_on(over_http(cfg, model, &[1, 8, 32], Duration::from_secs(seconds)))?;
     println!("\nover HTTP (loopback), {seconds} s per level; each client loops: create session (K=10, 1 step), predict 100 inputs");

@@ -2,7 +2,7 @@
 
 use std::path::Path;
 
-use candle_core::{DType, Device};
+use candle_core::{DType, Device, D};
 use rand::SeedableRng;
 use rand_chacha::ChaCha8Rng;
 use serde::Serialize;
@@ -10,7 +10,7 @@ use serde::Serialize;
 use candle_core::Tensor;
 
 use crate::metasgd::{adapt, Episode, Support};
-use crate::model::{load_model, loss_per_task, Architecture, LoadedModel, TaskKind};
+use crate::model::{load_model, loss_per_task, Architecture, LoadedModel, Target, TaskKind};
 use crate::tasks::TaskFamily;
 
 /// One cell of the results table.
@@ -21,8 +21,17 @@ pub struct EvalResult {
     pub steps: usize,
     pub tasks: usize,
     pub queries: usize,
+    /// Classes per task (classification).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub ways: Option<usize>,
+    /// Mean query loss and its 95% half-width.
     pub mean: f64,
     pub ci95: f64,
+    /// Classification: mean query accuracy and its 95% half-width.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub accuracy: Option<f64>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub accuracy_ci95: Option<f64>,
 }
 
 /// Mean and 95% normal-approximation half-width of a sample.
@@ -44,27 +53,39 @@ pub struct EvalSpec {
     pub seed: u64,
 }
 
-/// Per-task query losses of `model` on fresh tasks.
+/// Per-task query losses (and accuracies, for classification) of `model`
+/// on fresh tasks, sampled `fam.eval_chunk()` tasks at a time.
 pub fn task_losses(
     model: &LoadedModel,
     fam: &dyn TaskFamily,
     spec: EvalSpec,
     device: &Device,
-) -> anyhow::Result<Vec<f64>> {
+) -> anyhow::Result<(Vec<f64>, Option<Vec<f64>>)> {
     let mut rng = ChaCha8Rng::seed_from_u64(spec.seed);
     rng.set_stream(spec.shots as u64);
-    let ep = fam.sample(&mut rng, spec.tasks, spec.shots, spec.queries, device)?;
-    episode_losses(
-        model.architecture(),
-        model.manifest.task,
-        &model.theta,
-        &model.alpha,
-        ep,
-        spec.steps,
-    )
+    let (mut losses, mut accs) = (Vec::new(), Vec::new());
+    let mut left = spec.tasks;
+    while left > 0 {
+        let n = left.min(fam.eval_chunk());
+        let ep = fam.sample(&mut rng, n, spec.shots, spec.queries, device)?;
+        let (l, a) = episode_losses(
+            model.architecture(),
+            model.manifest.task,
+            &model.theta,
+            &model.alpha,
+            ep,
+            spec.steps,
+        )?;
+        losses.extend(l);
+        accs.extend(a.unwrap_or_default());
+        left -= n;
+    }
+    let accs = (model.manifest.task == TaskKind::Classification).then_some(accs);
+    Ok((losses, accs))
 }
 
-/// Per-task query losses after `steps` first-order adaptation steps on each task's support set.
+/// Per-task query losses after `steps` first-order adaptation steps on each
+/// task's support set, and for classification the per-task query accuracy.
 pub fn episode_losses(
     arch: &Architecture,
     task: TaskKind,
@@ -72,14 +93,24 @@ pub fn episode_losses(
     alpha: &[Tensor],
     ep: Episode,
     steps: usize,
-) -> anyhow::Result<Vec<f64>> {
+) -> anyhow::Result<(Vec<f64>, Option<Vec<f64>>)> {
     let support = Support {
         x: ep.support_x,
         target: ep.support_t,
     };
     let a = adapt(arch, task, theta, alpha, &support, steps)?;
-    let per_task = loss_per_task(task, &arch.forward(&a.params, &ep.query_x)?, &ep.query_t)?;
-    Ok(per_task.to_dtype(DType::F64)?.to_vec1::<f64>()?)
+    let out = arch.forward(&a.params, &ep.query_x)?;
+    let per_task = loss_per_task(task, &out, &ep.query_t)?;
+    let acc = match &ep.query_t {
+        Target::OneHot(onehot) if task == TaskKind::Classification => {
+            let c = onehot.dim(D::Minus1)?;
+            let pred = out.narrow(D::Minus1, 0, c)?.argmax(D::Minus1)?;
+            let truth = onehot.argmax(D::Minus1)?;
+            Some(pred.eq(&truth)?.to_dtype(DType::F64)?.mean(1)?.to_vec1::<f64>()?)
+        }
+        _ => None,
+    };
+    Ok((per_task.to_dtype(DType::F64)?.to_vec1::<f64>()?, acc))
 }
 
 /// Evaluates `model` at `spec`, once per shot count in `shots`.
@@ -95,15 +126,20 @@ pub fn evaluate(
         .iter()
         .map(|&k| {
             let spec = EvalSpec { shots: k, ..spec };
-            let (mean, ci95) = mean_ci95(&task_losses(model, fam, spec, device)?);
+            let (losses, accs) = task_losses(model, fam, spec, device)?;
+            let (mean, ci95) = mean_ci95(&losses);
+            let acc = accs.map(|a| mean_ci95(&a));
             Ok(EvalResult {
                 model: label.to_string(),
                 shots: k,
                 steps: spec.steps,
                 tasks: spec.tasks,
                 queries: spec.queries,
+                ways: fam.n_way(),
                 mean,
                 ci95,
+                accuracy: acc.map(|a| a.0),
+                accuracy_ci95: acc.map(|a| a.1),
             })
         })
         .collect()

@@ -9,6 +9,7 @@
 pub mod bench;
 pub mod device;
 pub mod eval;
+pub mod images;
 pub mod metasgd;
 pub mod model;
 pub mod server;

@@ -8,7 +8,13 @@ use clap::{Parser, Subcommand};
 use metasgd::eval::{evaluate, model_and_baselines, EvalSpec};
 use metasgd::metasgd::train::{train, TrainConfig};
 use metasgd::metasgd::Order;
-use metasgd::tasks::family;
+use metasgd::tasks::families;
+
+/// mimalloc keeps freed pages for reuse: with the system allocator, the
+/// large short-lived tensors of conv training spent more time in the kernel
+/// (mmap, page faults) than in arithmetic.
+#[global_allocator]
+static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
 #[derive(Parser)]
 #[command(
@@ -58,6 +64,13 @@ enum Command {
         #[arg(long, default_value = "cpu")]
         device: String,
     },
+    /// Pre-train the Omniglot conv4 body as a supervised classifier (a start for `train --init`).
+    Pretrain {
+        #[command(flatten)]
+        cfg: metasgd::metasgd::pretrain::PretrainConfig,
+        #[arg(long, env = "METASGD_THREADS", default_value_t = 2)]
+        threads: usize,
+    },
     /// Evaluate a model folder (and its baselines/) on fresh tasks.
     Eval {
         #[arg(long)]
@@ -77,6 +90,15 @@ enum Command {
         /// Also write the results as JSON here.
         #[arg(long)]
         json: Option<PathBuf>,
+        /// Dataset folder, for families that read one (omniglot).
+        #[arg(long)]
+        data: Option<PathBuf>,
+        /// Classification: classes per task, comma separated.
+        #[arg(long, value_delimiter = ',', default_value = "5")]
+        ways: Vec<usize>,
+        /// Also evaluate each model without adaptation (0 steps).
+        #[arg(long, default_value_t = true, action = clap::ArgAction::Set)]
+        zero_steps: bool,
         #[arg(long, env = "METASGD_THREADS", default_value_t = 2)]
         threads: usize,
     },
@@ -130,6 +152,10 @@ fn main() -> anyhow::Result<()> {
             let device = metasgd::device::select(&device)?;
             train(cfg, &device)
         }
+        Command::Pretrain { cfg, threads } => {
+            metasgd::device::set_threads(threads);
+            metasgd::metasgd::pretrain::pretrain(cfg, &candle_core::Device::Cpu)
+        }
         Command::Eval {
             model,
             shots,
@@ -138,6 +164,9 @@ fn main() -> anyhow::Result<()> {
             queries,
             seed,
             json,
+            data,
+            ways,
+            zero_steps,
             threads,
         } => {
             metasgd::device::set_threads(threads);
@@ -149,26 +178,39 @@ fn main() -> anyhow::Result<()> {
                 .family
                 .clone()
                 .context("the manifest names no task family")?;
-            let fam = family(&fam_name).with_context(|| format!("unknown task family {fam_name}"))?;
             let mut all = Vec::new();
-            for (label, m) in &models {
-                let spec = EvalSpec {
-                    shots: 0,
-                    steps,
-                    tasks,
-                    queries,
-                    seed,
-                };
-                all.extend(evaluate(m, label, fam.as_ref(), &shots, spec, &device)?);
-                let unadapted = EvalSpec { steps: 0, ..spec };
-                all.extend(evaluate(
-                    m,
-                    &format!("{label} (0 steps)"),
-                    fam.as_ref(),
-                    &shots,
-                    unadapted,
-                    &device,
-                )?);
+            let classification = models[0].1.manifest.task == metasgd::model::TaskKind::Classification;
+            let ways = if classification { ways } else { vec![0] };
+            for &n_way in &ways {
+                let fam = families(&fam_name, data.as_deref(), n_way)?.1;
+                for (label, m) in &models {
+                    let spec = EvalSpec {
+                        shots: 0,
+                        steps,
+                        tasks,
+                        queries,
+                        seed,
+                    };
+                    all.extend(evaluate(m, label, fam.as_ref(), &shots, spec, &device)?);
+                    if zero_steps {
+                        let unadapted = EvalSpec { steps: 0, ..spec };
+                        all.extend(evaluate(
+                            m,
+                            &format!("{label} (0 steps)"),
+                            fam.as_ref(),
+                            &shots,
+                            unadapted,
+                            &device,
+                        )?);
+                    }
+                }
+            }
+            if classification {
+                print_accuracy_table(&all, tasks, queries, steps);
+                if let Some(p) = json {
+                    std::fs::write(&p, serde_json::to_string_pretty(&all)? + "\n")?;
+                }
+                return Ok(());
             }
             println!(
                 "{} tasks, {} query points, {} step(s); mean query loss ± 95% CI",
@@ -194,5 +236,43 @@ fn main() -> anyhow::Result<()> {
             }
             Ok(())
         }
+    }
+}
+
+/// Accuracy ± 95% CI, one row per model, one column per (ways, shots).
+fn print_accuracy_table(all: &[metasgd::eval::EvalResult], tasks: usize, queries: usize, steps: usize) {
+    println!("{tasks} episodes, {queries} queries per class, {steps} step(s); query accuracy % ± 95% CI");
+    let mut cols: Vec<(Option<usize>, usize)> = all.iter().map(|r| (r.ways, r.shots)).collect();
+    cols.sort();
+    cols.dedup();
+    let head: Vec<String> = cols
+        .iter()
+        .map(|(w, k)| format!("{}-way {k}-shot", w.unwrap_or(0)))
+        .collect();
+    println!("| model | {} |", head.join(" | "));
+    println!("|---|{}", "---|".repeat(cols.len()));
+    let mut labels: Vec<&str> = Vec::new();
+    for r in all {
+        if !labels.contains(&r.model.as_str()) {
+            labels.push(&r.model);
+        }
+    }
+    for l in labels {
+        let cells: Vec<String> = cols
+            .iter()
+            .map(|c| {
+                all.iter()
+                    .find(|r| r.model == l && (r.ways, r.shots) == *c)
+                    .map(|r| {
+                        format!(
+                            "{:.2} ± {:.2}",
+                            100.0 * r.accuracy.unwrap_or(f64::NAN),
+                            100.0 * r.accuracy_ci95.unwrap_or(f64::NAN)
+                        )
+                    })
+                    .unwrap_or_default()
+            })
+            .collect();
+        println!("| {l} | {} |", cells.join(" | "));
     }
 }

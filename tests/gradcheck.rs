@@ -29,11 +29,25 @@ struct Problem {
 }
 
 fn problem(task: TaskKind, seed: u64) -> Problem {
-    let mut rng = ChaCha8Rng::seed_from_u64(seed);
     let out = if task == TaskKind::Regression { 1 } else { 3 };
     let arch = Architecture::Mlp {
         sizes: vec![2, 6, 5, out],
     };
+    problem_for(arch, task, seed, 2, out)
+}
+
+/// A conv4 with 3 filters on 16×16 inputs (a 1×1 feature map), 3 classes.
+fn conv_problem(seed: u64) -> Problem {
+    let arch = Architecture::Conv4 {
+        channels: 1,
+        side: 16,
+        hidden: 3,
+    };
+    problem_for(arch, TaskKind::Classification, seed, 256, 3)
+}
+
+fn problem_for(arch: Architecture, task: TaskKind, seed: u64, input: usize, out: usize) -> Problem {
+    let mut rng = ChaCha8Rng::seed_from_u64(seed);
     let theta: Vec<Tensor> = arch
         .params()
         .iter()
@@ -57,9 +71,9 @@ fn problem(task: TaskKind, seed: u64) -> Problem {
         }
     };
     let ep = Episode {
-        support_x: rand_tensor(&mut rng, &[t, k, 2], -2.0, 2.0),
+        support_x: rand_tensor(&mut rng, &[t, k, input], -2.0, 2.0),
         support_t: target(&mut rng, k),
-        query_x: rand_tensor(&mut rng, &[t, q, 2], -2.0, 2.0),
+        query_x: rand_tensor(&mut rng, &[t, q, input], -2.0, 2.0),
         query_t: target(&mut rng, q),
     };
     Problem {
@@ -131,8 +145,12 @@ fn max_rel_err(a: &[Vec<f64>], b: &[Vec<f64>]) -> f64 {
 }
 
 fn check(task: TaskKind, steps: usize) {
+    check_problem(problem(task, 7 + steps as u64), steps);
+}
+
+fn check_problem(p: Problem, steps: usize) {
     enable_second_order();
-    let p = problem(task, 7 + steps as u64);
+    let task = p.task;
     assert_eq!(p.theta[0].dtype(), DType::F64);
     let (gt, ga) = autograd(&p, steps, Order::Second);
     let (ft, fa) = (
@@ -181,4 +199,13 @@ fn first_order_alpha_gradient_is_exact_for_one_step() {
         max_rel_err(&ft, &st) > 1e-4,
         "first-order θ-gradient should differ from the exact one"
     );
+}
+
+/// The conv4 path (im2col and max-pool custom ops, the class-shared head
+/// expanded to 3 rows): exact meta-gradients, so both the ops' backward and
+/// their backward-of-backward are right.
+#[test]
+fn conv4_metagradient_matches_finite_differences() {
+    check_problem(conv_problem(5), 1);
+    check_problem(conv_problem(6), 2);
 }

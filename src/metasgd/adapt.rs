@@ -36,6 +36,10 @@ pub fn adapt(
     steps: usize,
 ) -> Result<Adapted> {
     let t = support.x.dim(0)?;
+    let (theta, alpha) = (
+        &for_target(arch, theta, &support.target)?,
+        &for_target(arch, alpha, &support.target)?,
+    );
     let mut params: Vec<Tensor> = theta
         .iter()
         .map(|p| p.detach().broadcast_left(t)?.contiguous())
@@ -66,6 +70,14 @@ pub fn adapt(
         loss_after,
         params,
     })
+}
+
+/// θ or α sized for the target's class count (see [`Architecture::for_classes`]).
+pub fn for_target(arch: &Architecture, params: &[Tensor], target: &Target) -> Result<Vec<Tensor>> {
+    match target {
+        Target::OneHot(t) if arch.shared_head() => arch.for_classes(params, t.dim(candle_core::D::Minus1)?),
+        _ => Ok(params.to_vec()),
+    }
 }
 
 /// Selects task `i`'s parameters from a per-task batch, keeping a leading dim of 1.

@@ -6,6 +6,7 @@
 pub mod adam;
 pub mod adapt;
 pub mod meta;
+pub mod pretrain;
 pub mod train;
 
 pub use adapt::{adapt, Adapted, Support};

@@ -17,7 +17,7 @@ use serde::{Deserialize, Serialize};
 use super::adam::Adam;
 use super::{meta_loss, Order};
 use crate::model::{save_model, store, Architecture};
-use crate::tasks::{family, TaskFamily};
+use crate::tasks::{families, TaskFamily};
 
 /// What is meta-learned.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize, clap::ValueEnum)]
@@ -35,6 +35,19 @@ pub struct TrainConfig {
     /// Task family to meta-train on.
     #[arg(long, default_value = "sinusoid")]
     pub task: String,
+    /// Dataset folder, for task families that read one (omniglot).
+    #[arg(long)]
+    #[serde(default)]
+    pub data: Option<PathBuf>,
+    /// Classes per task, for classification families.
+    #[arg(long, default_value_t = 5)]
+    #[serde(default = "default_n_way")]
+    pub n_way: usize,
+    /// Start θ from this safetensors file's `theta.*` tensors (for example
+    /// `pretrain`'s `init.safetensors`) instead of a random initialisation.
+    #[arg(long)]
+    #[serde(default)]
+    pub init: Option<PathBuf>,
     /// Output model folder (checkpoints are kept there too).
     #[arg(long)]
     pub out: PathBuf,
@@ -67,6 +80,11 @@ pub struct TrainConfig {
     pub alpha_lo: f64,
     #[arg(long, default_value_t = 0.1)]
     pub alpha_hi: f64,
+    /// Meta-SGD: α of the class-shared head starts at this constant instead
+    /// (the head starts at zero, so its step sets the logits' scale).
+    #[arg(long)]
+    #[serde(default)]
+    pub alpha_head: Option<f64>,
     /// MAML: the fixed inner learning rate.
     #[arg(long, default_value_t = 0.01)]
     pub maml_alpha: f64,
@@ -89,6 +107,10 @@ pub struct TrainConfig {
     /// Continue from the checkpoint in `--out` if there is one.
     #[arg(long)]
     pub resume: bool,
+}
+
+fn default_n_way() -> usize {
+    5
 }
 
 #[derive(Serialize, Deserialize)]
@@ -129,10 +151,20 @@ fn init_alpha(
         .map(|spec| {
             Ok(match cfg.method {
                 Method::Maml => Tensor::new(cfg.maml_alpha as f32, device)?,
+                Method::Metasgd if spec.name.starts_with("head.") && cfg.alpha_head.is_some() => {
+                    let a = cfg.alpha_head.unwrap_or_default() as f32;
+                    Tensor::full(a, spec.shape.as_slice(), device)?
+                }
                 Method::Metasgd => {
                     let n: usize = spec.shape.iter().product();
                     let v: Vec<f32> = (0..n)
-                        .map(|_| rng.random_range(cfg.alpha_lo as f32..cfg.alpha_hi as f32))
+                        .map(|_| {
+                            if cfg.alpha_hi > cfg.alpha_lo {
+                                rng.random_range(cfg.alpha_lo as f32..cfg.alpha_hi as f32)
+                            } else {
+                                cfg.alpha_lo as f32
+                            }
+                        })
                         .collect();
                     Tensor::from_vec(v, spec.shape.as_slice(), device)?
                 }
@@ -151,8 +183,16 @@ pub fn validate(
     device: &Device,
 ) -> anyhow::Result<f64> {
     let mut rng = ChaCha8Rng::seed_from_u64(cfg.seed.wrapping_add(1_000_003));
-    let ep = fam.sample(&mut rng, cfg.val_tasks, cfg.k_support, 100, device)?;
-    let losses = crate::eval::episode_losses(arch, fam.manifest("val").task, theta, alpha, ep, cfg.inner_steps)?;
+    let queries = if fam.n_way().is_some() { cfg.k_query } else { 100 };
+    let task = fam.manifest("val").task;
+    let mut losses = Vec::new();
+    let mut left = cfg.val_tasks;
+    while left > 0 {
+        let n = left.min(fam.eval_chunk());
+        let ep = fam.sample(&mut rng, n, cfg.k_support, queries, device)?;
+        losses.extend(crate::eval::episode_losses(arch, task, theta, alpha, ep, cfg.inner_steps)?.0);
+        left -= n;
+    }
     Ok(crate::eval::mean_ci95(&losses).0)
 }
 
@@ -170,8 +210,12 @@ pub fn summary(cfg: &TrainConfig) -> String {
         Some(min) => format!("Adam {} cosine to {min}", cfg.meta_lr),
         None => format!("Adam {}", cfg.meta_lr),
     };
+    let init = match &cfg.init {
+        Some(p) => format!(", theta from {}", p.display()),
+        None => String::new(),
+    };
     format!(
-        "{method}, {order} order, {} iterations, meta-batch {}, K={} support / {} query, {} inner step(s), {lr}, seed {}",
+        "{method}, {order} order, {} iterations, meta-batch {}, K={} support / {} query, {} inner step(s), {lr}, seed {}{init}",
         cfg.iters, cfg.meta_batch, cfg.k_support, cfg.k_query, cfg.inner_steps, cfg.seed
     )
 }
@@ -195,7 +239,7 @@ fn log_line(path: &Path, line: &str) -> anyhow::Result<()> {
 
 /// Runs (or resumes) a training run and writes the finished model into `cfg.out`.
 pub fn train(cfg: TrainConfig, device: &Device) -> anyhow::Result<()> {
-    let fam = family(&cfg.task).with_context(|| format!("unknown task family {:?}", cfg.task))?;
+    let (fam, val_fam) = families(&cfg.task, cfg.data.as_deref(), cfg.n_way)?;
     if cfg.order == Order::Second && !super::meta::second_order_available() {
         bail!("second order needs CANDLE_GRAD_DO_NOT_DETACH=1 before the first backward (the train command sets it)");
     }
@@ -217,6 +261,11 @@ pub fn train(cfg: TrainConfig, device: &Device) -> anyhow::Result<()> {
         init_theta(&arch, &mut rng, device)?,
         init_alpha(&cfg, &arch, &mut rng, device)?,
     );
+    if let Some(init) = &cfg.init {
+        theta0 = store::load_params(init, &arch, &["theta"], device)
+            .with_context(|| format!("loading --init {}", init.display()))?
+            .remove(0);
+    }
     let (mut start, mut ema, mut elapsed0, mut adam_state) = (0u64, f64::NAN, 0.0, None);
     if cfg.resume && ckpt_meta.exists() {
         let meta: CheckpointMeta = serde_json::from_str(&std::fs::read_to_string(&ckpt_meta)?)?;
@@ -311,7 +360,7 @@ pub fn train(cfg: TrainConfig, device: &Device) -> anyhow::Result<()> {
         let done = it + 1;
         let elapsed = elapsed0 + t0.elapsed().as_secs_f64();
         if done % cfg.val_every == 0 || done == cfg.iters {
-            let val = validate(fam.as_ref(), &arch, &th, &alpha_of(&alpha_vars), &cfg, device)?;
+            let val = validate(val_fam.as_ref(), &arch, &th, &alpha_of(&alpha_vars), &cfg, device)?;
             let line = format!(
                 "iter {done} train_query_loss_ema {ema:.4} val_query_loss {val:.4} elapsed_s {elapsed:.1} tasks_per_s {:.0}",
                 (done - start) as f64 * cfg.meta_batch as f64 / t0.elapsed().as_secs_f64()
@@ -374,6 +423,9 @@ mod tests {
     fn cfg(out: &Path, iters: u64) -> TrainConfig {
         TrainConfig {
             task: "sinusoid".into(),
+            data: None,
+            n_way: 5,
+            init: None,
             out: out.to_path_buf(),
             name: Some("t".into()),
             method: Method::Metasgd,
@@ -387,6 +439,7 @@ mod tests {
             lr_min: Some(1e-4),
             alpha_lo: 0.005,
             alpha_hi: 0.1,
+            alpha_head: None,
             maml_alpha: 0.01,
             seed: 3,
             val_every: 10,

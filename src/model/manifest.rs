@@ -69,8 +69,17 @@ impl Manifest {
                 self.architecture.input_dim()
             ));
         }
-        if self.input.kind != InputKind::Vector {
-            return Err(format!("input kind {:?} is not supported yet", self.input.kind));
+        match (self.input.kind, &self.architecture) {
+            (InputKind::Vector, Architecture::Mlp { .. }) => {}
+            (InputKind::Image, Architecture::Conv4 { channels: 1, side, .. })
+                if self.input.shape == [1, *side, *side] => {}
+            (kind, arch) => {
+                return Err(format!(
+                    "input kind {kind:?} with shape {:?} does not fit the architecture {arch:?} \
+                     (vector inputs need an mlp; image inputs need a conv4 with 1 channel and shape [1, side, side])",
+                    self.input.shape
+                ))
+            }
         }
         match (self.task, self.n_way) {
             (TaskKind::Classification, None) => return Err("classification needs n_way".into()),

@@ -5,7 +5,10 @@
 //! tasks (a weight of shape `[out, in]`) or carry a leading task dimension
 //! (`[T, out, in]`), which is what adaptation produces: one θ' per task.
 
+pub mod conv;
+pub mod im2col;
 pub mod manifest;
+pub mod pool;
 pub mod store;
 
 use candle_core::{Result, Tensor, D};
@@ -21,6 +24,15 @@ pub use store::{load_model, save_model, LoadedModel, ModelError};
 pub enum Architecture {
     /// A multi-layer perceptron with ReLU between layers (none after the last).
     Mlp { sizes: Vec<usize> },
+    /// The conv4 network (see [`conv`]) on `channels × side × side` images,
+    /// with a class-shared head: θ holds one head row (`head.weight` `[1, hidden·s²]`,
+    /// `head.bias` `[1]`) that every class starts from, so one model serves any
+    /// number of classes. [`Architecture::for_classes`] expands it to N rows.
+    Conv4 {
+        channels: usize,
+        side: usize,
+        hidden: usize,
+    },
 }
 
 /// A parameter's name and shape.
@@ -34,6 +46,30 @@ impl Architecture {
     /// The parameters in their canonical order: `l1.weight`, `l1.bias`, `l2.weight`, ...
     pub fn params(&self) -> Vec<ParamSpec> {
         match self {
+            Architecture::Conv4 { channels, side, hidden } => {
+                let mut v = Vec::new();
+                for l in 1..=4 {
+                    let cin = if l == 1 { *channels } else { *hidden };
+                    v.push(ParamSpec {
+                        name: format!("c{l}.weight"),
+                        shape: vec![*hidden, cin, 3, 3],
+                    });
+                    v.push(ParamSpec {
+                        name: format!("c{l}.bias"),
+                        shape: vec![*hidden],
+                    });
+                }
+                let s = conv::feature_side(*side);
+                v.push(ParamSpec {
+                    name: "head.weight".into(),
+                    shape: vec![1, hidden * s * s],
+                });
+                v.push(ParamSpec {
+                    name: "head.bias".into(),
+                    shape: vec![1],
+                });
+                v
+            }
             Architecture::Mlp { sizes } => sizes
                 .windows(2)
                 .enumerate()
@@ -62,19 +98,60 @@ impl Architecture {
     pub fn input_dim(&self) -> usize {
         match self {
             Architecture::Mlp { sizes } => sizes[0],
+            Architecture::Conv4 { channels, side, .. } => channels * side * side,
         }
     }
 
-    /// Number of outputs.
+    /// Number of outputs (for a class-shared head: any number; this returns `usize::MAX`).
     pub fn output_dim(&self) -> usize {
         match self {
             Architecture::Mlp { sizes } => *sizes.last().unwrap_or(&0),
+            Architecture::Conv4 { .. } => usize::MAX,
         }
+    }
+
+    /// True when the head is one shared row that [`Architecture::for_classes`] expands.
+    pub fn shared_head(&self) -> bool {
+        matches!(self, Architecture::Conv4 { .. })
+    }
+
+    /// θ (or α) for an `n`-class task: a class-shared head row is repeated
+    /// `n` times (a broadcast, so meta-gradients sum over the rows); other
+    /// tensors, and scalar α, pass through. Works on shared and per-task tensors.
+    pub fn for_classes(&self, params: &[Tensor], n: usize) -> Result<Vec<Tensor>> {
+        if !self.shared_head() {
+            return Ok(params.to_vec());
+        }
+        let k = params.len();
+        params
+            .iter()
+            .enumerate()
+            .map(|(i, p)| {
+                if i + 2 < k || p.rank() == 0 {
+                    return Ok(p.clone());
+                }
+                let shared_rank = if i + 2 == k { 2 } else { 1 };
+                let mut dims = p.dims().to_vec();
+                let row = p.rank() - shared_rank; // the class dimension
+                if dims[row] == n {
+                    return Ok(p.clone());
+                }
+                dims[row] = n;
+                p.broadcast_as(dims)
+            })
+            .collect()
     }
 
     /// Checks the architecture itself is well formed.
     pub fn validate(&self) -> std::result::Result<(), String> {
         match self {
+            Architecture::Conv4 { channels, side, hidden } => {
+                if *channels == 0 || *hidden == 0 || conv::feature_side(*side) == 0 {
+                    return Err(format!(
+                        "conv4 needs channels and hidden > 0 and side >= 16, got {channels}, {hidden}, {side}"
+                    ));
+                }
+            }
             Architecture::Mlp { sizes } => {
                 if sizes.len() < 2 || sizes.contains(&0) {
                     return Err(format!(
@@ -90,6 +167,10 @@ impl Architecture {
     /// (its spec's shape) or per task (a leading `T`). Returns `[T, N, out]`.
     pub fn forward(&self, params: &[Tensor], x: &Tensor) -> Result<Tensor> {
         match self {
+            Architecture::Conv4 { channels, side, .. } => {
+                let f = conv::l2_normalize(&conv::body(&params[..8], x, *channels, *side)?)?;
+                conv::linear(&f, &params[8], &params[9])
+            }
             Architecture::Mlp { sizes } => {
                 let layers = sizes.len() - 1;
                 let mut h = x.clone();

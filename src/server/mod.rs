@@ -65,6 +65,9 @@ pub struct ServeConfig {
     /// Most inputs in one predict request.
     #[arg(long, env = "METASGD_MAX_INPUTS", default_value_t = 10_000)]
     pub max_inputs: usize,
+    /// Largest width or height of an uploaded PNG, in pixels (422 beyond).
+    #[arg(long, env = "METASGD_MAX_IMAGE_SIDE", default_value_t = 1024)]
+    pub max_image_side: u32,
     /// Per-request compute timeout, in seconds.
     #[arg(long, env = "METASGD_REQUEST_TIMEOUT", default_value_t = 30)]
     pub request_timeout: u64,
@@ -104,6 +107,7 @@ pub fn build_state(cfg: &ServeConfig) -> anyhow::Result<AppState> {
         limits: Limits {
             max_support: cfg.max_support,
             max_inputs: cfg.max_inputs,
+            max_image_side: cfg.max_image_side,
             max_ttl_seconds: cfg.max_ttl,
         },
         default_ttl_seconds: cfg.session_ttl,

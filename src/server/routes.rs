@@ -217,7 +217,13 @@ async fn predict_with(
 ) -> Result<Json<SessionPredictions>, AppError> {
     let sess = session(s, id)?;
     let served = s.model(&sess.model)?;
-    let flat = validate::inputs(&served.model.manifest, &inputs, "inputs", s.limits.max_inputs)?;
+    let flat = validate::inputs(
+        &served.model.manifest,
+        &inputs,
+        "inputs",
+        s.limits.max_inputs,
+        &s.limits,
+    )?;
     let n = inputs.len();
     let sv = sess.clone();
     let (predictions, probabilities) = s
@@ -254,7 +260,13 @@ async fn stateless_predict(
 ) -> Result<Json<Predictions>, AppError> {
     let served = s.model(&model)?;
     // Validate the query inputs before spending time on adaptation.
-    let flat = validate::inputs(&served.model.manifest, &req.inputs, "inputs", s.limits.max_inputs)?;
+    let flat = validate::inputs(
+        &served.model.manifest,
+        &req.inputs,
+        "inputs",
+        s.limits.max_inputs,
+        &s.limits,
+    )?;
     let (served, _steps, valid, adapted) = adapt(&s, &model, &req.support, req.steps).await?;
     let n = req.inputs.len();
     let classes = classes_of(&valid);

@@ -14,6 +14,7 @@ use crate::model::{InputKind, Manifest, TaskKind};
 pub struct Limits {
     pub max_support: usize,
     pub max_inputs: usize,
+    pub max_image_side: u32,
     pub max_ttl_seconds: u64,
 }
 
@@ -37,7 +38,7 @@ pub enum ValidLabels {
 }
 
 /// Parses inputs of the model's kind and shape into a row-major `[N, in]` buffer.
-pub fn inputs(m: &Manifest, values: &[Value], field: &str, max: usize) -> Result<Vec<f32>, AppError> {
+pub fn inputs(m: &Manifest, values: &[Value], field: &str, max: usize, limits: &Limits) -> Result<Vec<f32>, AppError> {
     if values.is_empty() {
         return Err(AppError::invalid(
             "empty_inputs",
@@ -55,6 +56,13 @@ pub fn inputs(m: &Manifest, values: &[Value], field: &str, max: usize) -> Result
     for (i, v) in values.iter().enumerate() {
         match m.input.kind {
             InputKind::Vector => vector(v, dim, &format!("{field}[{i}]"), &mut out)?,
+            InputKind::Image => image(
+                v,
+                &m.input.shape,
+                limits.max_image_side,
+                &format!("{field}[{i}]"),
+                &mut out,
+            )?,
             kind => {
                 return Err(AppError::invalid(
                     "unsupported_input_kind",
@@ -84,6 +92,79 @@ fn vector(v: &Value, dim: usize, at: &str, out: &mut Vec<f32>) -> Result<(), App
     }
     for (j, x) in arr.iter().enumerate() {
         out.push(finite(x, &format!("{at}[{j}]"))?);
+    }
+    Ok(())
+}
+
+/// An image input: `{"png_base64": "..."}`, converted exactly as in training
+/// (see `crate::images`), or a `side × side` array (optionally inside one
+/// channel: `[1][side][side]`) of ink values in [0, 1].
+fn image(v: &Value, shape: &[usize], max_side: u32, at: &str, out: &mut Vec<f32>) -> Result<(), AppError> {
+    use base64::Engine;
+    let side = shape[shape.len() - 1];
+    if let Some(obj) = v.as_object() {
+        if let Some(k) = obj.keys().find(|k| *k != "png_base64") {
+            return Err(AppError::invalid(
+                "invalid_input",
+                format!("{at} has an unknown field `{k}`: an image object has only `png_base64`"),
+            ));
+        }
+        let b64 = obj.get("png_base64").and_then(Value::as_str).ok_or_else(|| {
+            AppError::invalid(
+                "invalid_input",
+                format!(
+                    "{at} must be {{\"png_base64\": \"<base64 PNG>\"}} or a {side}x{side} array of numbers in [0, 1]"
+                ),
+            )
+        })?;
+        let bytes = base64::engine::general_purpose::STANDARD
+            .decode(b64.trim())
+            .map_err(|e| AppError::invalid("invalid_base64", format!("{at}.png_base64 is not valid base64: {e}")))?;
+        let ink = crate::images::png_to_ink(&bytes, max_side)
+            .map_err(|e| AppError::invalid("invalid_image", format!("{at}.png_base64: {e}")))?;
+        if ink.len() != side * side {
+            return Err(AppError::invalid(
+                "invalid_image",
+                format!("{at}: this model takes {side}x{side} images"),
+            ));
+        }
+        out.extend(ink);
+        return Ok(());
+    }
+    let rows = match v.as_array() {
+        Some(a) if a.len() == 1 && a[0].is_array() && side != 1 => a[0].as_array().unwrap_or(a),
+        Some(a) => a,
+        None => {
+            return Err(AppError::invalid(
+                "invalid_input",
+                format!(
+                    "{at} must be {{\"png_base64\": ...}} or a {side}x{side} array, got {}",
+                    kind_of(v)
+                ),
+            ))
+        }
+    };
+    let wrong = || {
+        AppError::invalid(
+            "wrong_dimensions",
+            format!("{at} must be {side} rows of {side} numbers (a {side}x{side} image)"),
+        )
+    };
+    if rows.len() != side {
+        return Err(wrong());
+    }
+    for (r, row) in rows.iter().enumerate() {
+        let row = row.as_array().filter(|a| a.len() == side).ok_or_else(wrong)?;
+        for (c, x) in row.iter().enumerate() {
+            let f = finite(x, &format!("{at}[{r}][{c}]"))?;
+            if !(0.0..=1.0).contains(&f) {
+                return Err(AppError::invalid(
+                    "out_of_range",
+                    format!("{at}[{r}][{c}] = {f}: image values are ink in [0, 1] (0 = paper, 1 = ink)"),
+                ));
+            }
+            out.push(f);
+        }
     }
     Ok(())
 }
@@ -141,7 +222,7 @@ pub fn support(m: &Manifest, s: &SupportSet, limits: &Limits) -> Result<ValidSup
             ),
         ));
     }
-    let x = inputs(m, &s.inputs, "support.inputs", limits.max_support)?;
+    let x = inputs(m, &s.inputs, "support.inputs", limits.max_support, limits)?;
     let labels = match m.task {
         TaskKind::Regression => ValidLabels::Values(
             s.labels

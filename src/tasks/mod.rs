@@ -1,5 +1,6 @@
 //! Task families: episode samplers that meta-training and evaluation draw from.
 
+pub mod omniglot;
 pub mod sinusoid;
 
 use candle_core::{Device, Result};
@@ -23,12 +24,55 @@ pub trait TaskFamily: Send + Sync {
     ) -> Result<Episode>;
     /// The manifest a model of this family is served with.
     fn manifest(&self, name: &str) -> Manifest;
+    /// How many tasks evaluation samples at a time (bounds its memory).
+    fn eval_chunk(&self) -> usize {
+        usize::MAX
+    }
+    /// Classes per task, for classification families.
+    fn n_way(&self) -> Option<usize> {
+        None
+    }
 }
 
-/// Looks a family up by name.
+/// Looks a family that needs no data up by name.
 pub fn family(name: &str) -> Option<Box<dyn TaskFamily>> {
     match name {
         "sinusoid" => Some(Box::new(sinusoid::Sinusoid)),
         _ => None,
+    }
+}
+
+/// The meta-training family and the held-out (evaluation) family for `name`.
+///
+/// `data` is the dataset folder, for families that read one (Omniglot: the
+/// folder with the release's zips); `n_way` is the classes per task.
+pub fn families(
+    name: &str,
+    data: Option<&std::path::Path>,
+    n_way: usize,
+) -> anyhow::Result<(Box<dyn TaskFamily>, Box<dyn TaskFamily>)> {
+    use std::sync::Arc;
+    match name {
+        "sinusoid" => Ok((Box::new(sinusoid::Sinusoid), Box::new(sinusoid::Sinusoid))),
+        "omniglot" => {
+            let data = data.ok_or_else(|| {
+                anyhow::anyhow!("the omniglot family needs --data <folder with images_background.zip>")
+            })?;
+            let bg = Arc::new(omniglot::Omniglot::load(data, omniglot::Split::Background)?);
+            let ev = Arc::new(omniglot::Omniglot::load(data, omniglot::Split::Evaluation)?);
+            Ok((
+                Box::new(omniglot::OmniglotTasks {
+                    data: bg,
+                    n_way,
+                    rotations: true,
+                }),
+                Box::new(omniglot::OmniglotTasks {
+                    data: ev,
+                    n_way,
+                    rotations: false,
+                }),
+            ))
+        }
+        _ => anyhow::bail!("unknown task family {name:?} (known: sinusoid, omniglot)"),
     }
 }

@@ -1,0 +1,170 @@
+//! The conv4 network of MAML and Meta-SGD for Omniglot, as tensor functions.
+//!
+//! Four blocks of 3×3 convolution (64 filters, padding 1), ReLU and 2×2 max
+//! pooling, then a linear head. Activations are laid out `[T, C, N, H, W]`
+//! (task, channel, sample, row, column), so a convolution is one batched
+//! matmul per task over an im2col matrix, whether θ is shared or per task.
+//!
+//! Pooling is a reshape and two `max` reductions, not candle's `max_pool2d`,
+//! whose backward pass is wrong in candle 0.11.1 (too small by k²);
+//! `tests/gradcheck.rs` checks this network's gradients against finite
+//! differences.
+//!
+//! There is no normalization layer at serve or meta-train time, so one
+//! input's prediction never depends on the others in its request. Batch norm
+//! is used only in supervised pre-training and is then folded into each
+//! convolution's weight and bias (fixed statistics; see `metasgd::pretrain`).
+
+use candle_core::{DType, Result, Tensor, D};
+
+/// 3×3 convolution with padding 1. `h` is `[T, C, N, H, W]`; `w` is
+/// `[O, C, 3, 3]` (shared) or `[T, O, C, 3, 3]` (per task); `b` is `[O]` or `[T, O]`.
+/// Returns `[T, O, N, H, W]`.
+pub fn conv3x3(h: &Tensor, w: &Tensor, b: &Tensor) -> Result<Tensor> {
+    let (t, c, n, hh, ww) = h.dims5()?;
+    // [T, C·9, N·H·W]: row c·9 + kh·3 + kw, matching w's layout.
+    let cols = if h.device().is_cpu() && matches!(h.dtype(), DType::F32 | DType::F64) {
+        super::im2col::im2col(h)?
+    } else {
+        let p = h.pad_with_zeros(3, 1, 1)?.pad_with_zeros(4, 1, 1)?;
+        let mut cols = Vec::with_capacity(9);
+        for kh in 0..3 {
+            for kw in 0..3 {
+                cols.push(p.narrow(3, kh, hh)?.narrow(4, kw, ww)?);
+            }
+        }
+        Tensor::stack(&cols, 2)?.reshape((t, c * 9, n * hh * ww))?
+    };
+    let o = w.dim(w.rank() - 4)?;
+    let (wm, bm) = if w.rank() == 4 {
+        (w.reshape((o, c * 9))?, b.reshape((1, o, 1))?)
+    } else {
+        (w.reshape((t, o, c * 9))?, b.reshape((t, o, 1))?)
+    };
+    let y = wm.broadcast_matmul(&cols)?.broadcast_add(&bm)?;
+    y.reshape((t, o, n, hh, ww))
+}
+
+/// 2×2 max pooling with stride 2 (an odd last row or column is dropped, as
+/// in torch's floor mode). `[T, C, N, H, W]` → `[T, C, N, H/2, W/2]`.
+pub fn max_pool2(h: &Tensor) -> Result<Tensor> {
+    if h.device().is_cpu() && matches!(h.dtype(), DType::F32 | DType::F64) {
+        return super::pool::max_pool2(h);
+    }
+    let (t, c, n, hh, ww) = h.dims5()?;
+    let (ho, wo) = (hh / 2, ww / 2);
+    let h = if hh % 2 == 1 || ww % 2 == 1 {
+        h.narrow(3, 0, 2 * ho)?.narrow(4, 0, 2 * wo)?
+    } else {
+        h.clone()
+    };
+    h.contiguous()?.reshape(vec![t, c, n, ho, 2, wo, 2])?.max(6)?.max(4)
+}
+
+/// Side of the feature map after four poolings.
+pub fn feature_side(side: usize) -> usize {
+    (0..4).fold(side, |s, _| s / 2)
+}
+
+/// `[T, N, C·side·side]` inputs to `[T, C, N, side, side]`.
+pub fn to_images(x: &Tensor, channels: usize, side: usize) -> Result<Tensor> {
+    let (t, n, _) = x.dims3()?;
+    x.reshape((t, n, channels, side, side))?.transpose(1, 2)?.contiguous()
+}
+
+/// `[T, C, N, s, s]` feature maps to `[T, N, C·s·s]` feature vectors.
+pub fn to_features(h: &Tensor) -> Result<Tensor> {
+    let (t, c, n, s1, s2) = h.dims5()?;
+    h.transpose(1, 2)?.contiguous()?.reshape((t, n, c * s1 * s2))
+}
+
+/// The four conv blocks. `params` holds `c1.weight, c1.bias, ..., c4.bias`.
+pub fn body(params: &[Tensor], x: &Tensor, channels: usize, side: usize) -> Result<Tensor> {
+    let mut h = to_images(x, channels, side)?;
+    for l in 0..4 {
+        h = max_pool2(&conv3x3(&h, &params[2 * l], &params[2 * l + 1])?)?.relu()?;
+    }
+    to_features(&h)
+}
+
+/// Scales each feature vector (last dim) to unit length. Per sample, so a
+/// prediction never depends on the other inputs. With unit features, the
+/// first adaptation step from the class-shared head gives each class a row
+/// proportional to its centred mean feature: a cosine prototype classifier
+/// whose per-dimension metric is the head's meta-learned α.
+///
+/// The unit vectors are then scaled to length [`FEATURE_NORM`], so that the
+/// head's step sizes are of order 1 rather than 100 (Adam moves α by about
+/// its learning rate per iteration, whatever α's scale).
+pub fn l2_normalize(f: &Tensor) -> Result<Tensor> {
+    let norm = f.sqr()?.sum_keepdim(D::Minus1)?.affine(1.0, 1e-12)?.sqrt()?;
+    f.broadcast_div(&norm)?.affine(FEATURE_NORM, 0.0)
+}
+
+/// Length of the feature vector the head sees.
+pub const FEATURE_NORM: f64 = 8.0;
+
+/// `y = f·Wᵀ + b` with `f` `[T, N, F]`, `W` `[n, F]` or `[T, n, F]`, `b` `[n]` or `[T, n]`.
+pub fn linear(f: &Tensor, w: &Tensor, b: &Tensor) -> Result<Tensor> {
+    let y = f.broadcast_matmul(&w.transpose(D::Minus1, D::Minus2)?)?;
+    let b = if b.rank() == 2 { b.unsqueeze(1)? } else { b.clone() };
+    y.broadcast_add(&b)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use candle_core::Device;
+
+    #[test]
+    fn conv_matches_candles_conv2d() {
+        let dev = Device::Cpu;
+        let x = Tensor::randn(0f32, 1.0, (3, 2, 6, 5), &dev).unwrap(); // N, C, H, W
+        let w = Tensor::randn(0f32, 1.0, (4, 2, 3, 3), &dev).unwrap();
+        let b = Tensor::randn(0f32, 1.0, 4, &dev).unwrap();
+        let want = x
+            .conv2d(&w, 1, 1, 1, 1)
+            .unwrap()
+            .broadcast_add(&b.reshape((1, 4, 1, 1)).unwrap())
+            .unwrap();
+        let h = x.transpose(0, 1).unwrap().unsqueeze(0).unwrap().contiguous().unwrap();
+        let got = conv3x3(&h, &w, &b)
+            .unwrap()
+            .squeeze(0)
+            .unwrap()
+            .transpose(0, 1)
+            .unwrap();
+        let d = (got - want)
+            .unwrap()
+            .abs()
+            .unwrap()
+            .max_all()
+            .unwrap()
+            .to_scalar::<f32>()
+            .unwrap();
+        assert!(d < 1e-4, "{d}");
+    }
+
+    #[test]
+    fn pool_takes_the_max_of_each_2x2_block_and_drops_an_odd_edge() {
+        let dev = Device::Cpu;
+        let v: Vec<f32> = (0..25).map(|i| ((i * 7) % 11) as f32).collect();
+        let h = Tensor::from_vec(v.clone(), (1, 1, 1, 5, 5), &dev).unwrap();
+        let p = max_pool2(&h).unwrap();
+        assert_eq!(p.dims(), &[1, 1, 1, 2, 2]);
+        let got = p.flatten_all().unwrap().to_vec1::<f32>().unwrap();
+        for (i, g) in got.iter().enumerate() {
+            let (r, c) = (2 * (i / 2), 2 * (i % 2));
+            let m = [
+                v[r * 5 + c],
+                v[r * 5 + c + 1],
+                v[(r + 1) * 5 + c],
+                v[(r + 1) * 5 + c + 1],
+            ]
+            .into_iter()
+            .fold(f32::MIN, f32::max);
+            assert_eq!(*g, m);
+        }
+        assert_eq!(feature_side(28), 1);
+    }
+}
