@@ -7,8 +7,9 @@
 //! adjoint, so second-order gradients work too. Other devices use the
 //! equivalent narrow-and-stack formulation in `conv`.
 
-use candle_core::backend::BackendStorage;
-use candle_core::{CpuStorage, CustomOp1, DType, Layout, Result, Shape, Tensor, WithDType};
+use candle_core::{CpuStorage, CustomOp1, Layout, Result, Shape, Tensor, WithDType};
+
+use super::cpu_op::dispatch;
 use rayon::prelude::*;
 
 /// The dims of the image side: `[T, C, N, H, W]`.
@@ -27,25 +28,7 @@ fn span(k: usize, len: usize) -> (usize, usize) {
     (if k == 0 { 1 } else { 0 }, if k == 2 { len - 1 } else { len })
 }
 
-fn contiguous<'a, T: WithDType>(s: &'a CpuStorage, l: &Layout) -> Result<&'a [T]> {
-    let (a, b) = l
-        .contiguous_offsets()
-        .ok_or_else(|| candle_core::Error::Msg("im2col needs a contiguous tensor".into()))?;
-    Ok(&s.as_slice::<T>()?[a..b])
-}
-
-/// Runs a kernel generic over the float type on f32 or f64 storage.
-macro_rules! dispatch {
-    ($s:expr, $l:expr, $kernel:ident, $($arg:expr),*) => {
-        match $s.dtype() {
-            DType::F32 => CpuStorage::F32($kernel(contiguous::<f32>($s, $l)?, $($arg),*)),
-            DType::F64 => CpuStorage::F64($kernel(contiguous::<f64>($s, $l)?, $($arg),*)),
-            d => return Err(candle_core::Error::Msg(format!("im2col: unsupported dtype {d:?}"))),
-        }
-    };
-}
-
-fn im2col_kernel<T: WithDType>(src: &[T], d: Dims) -> Vec<T> {
+fn im2col_kernel<T: WithDType>(d: Dims, src: &[T]) -> Vec<T> {
     let Dims { t, c, n, h, w } = d;
     let plane = n * h * w;
     let mut out = vec![T::zero(); t * c * 9 * plane];
@@ -69,7 +52,7 @@ fn im2col_kernel<T: WithDType>(src: &[T], d: Dims) -> Vec<T> {
     out
 }
 
-fn col2im_kernel<T: WithDType>(src: &[T], d: Dims) -> Vec<T> {
+fn col2im_kernel<T: WithDType>(d: Dims, src: &[T]) -> Vec<T> {
     let Dims { t, c, n, h, w } = d;
     let plane = n * h * w;
     let mut out = vec![T::zero(); t * c * plane];
@@ -106,7 +89,7 @@ impl CustomOp1 for Im2Col {
 
     fn cpu_fwd(&self, s: &CpuStorage, l: &Layout) -> Result<(CpuStorage, Shape)> {
         let Dims { t, c, n, h, w } = self.0;
-        let out = dispatch!(s, l, im2col_kernel, self.0);
+        let out = dispatch!("im2col", im2col_kernel, self.0, (s, l));
         Ok((out, Shape::from((t, c * 9, n * h * w))))
     }
 
@@ -122,7 +105,7 @@ impl CustomOp1 for Col2Im {
 
     fn cpu_fwd(&self, s: &CpuStorage, l: &Layout) -> Result<(CpuStorage, Shape)> {
         let Dims { t, c, n, h, w } = self.0;
-        let out = dispatch!(s, l, col2im_kernel, self.0);
+        let out = dispatch!("col2im", col2im_kernel, self.0, (s, l));
         Ok((out, Shape::from((t, c, n, h, w))))
     }
 

@@ -6,6 +6,7 @@
 //! (`[T, out, in]`), which is what adaptation produces: one θ' per task.
 
 pub mod conv;
+mod cpu_op;
 pub mod im2col;
 pub mod manifest;
 pub mod pool;

@@ -9,27 +9,10 @@
 //! other's adjoint for a fixed input, and the argmax is piecewise constant,
 //! so first and second-order gradients are exact.
 
-use candle_core::backend::BackendStorage;
-use candle_core::{CpuStorage, CustomOp1, CustomOp2, DType, Layout, Result, Shape, Tensor, WithDType};
+use candle_core::{CpuStorage, CustomOp1, CustomOp2, Layout, Result, Shape, Tensor, WithDType};
+
+use super::cpu_op::dispatch;
 use rayon::prelude::*;
-
-fn contiguous<'a, T: WithDType>(s: &'a CpuStorage, l: &Layout) -> Result<&'a [T]> {
-    let (a, b) = l
-        .contiguous_offsets()
-        .ok_or_else(|| candle_core::Error::Msg("max pooling needs a contiguous tensor".into()))?;
-    Ok(&s.as_slice::<T>()?[a..b])
-}
-
-/// Runs a kernel generic over the float type on f32 or f64 storage.
-macro_rules! dispatch {
-    ($kernel:ident, $dims:expr, $(($s:expr, $l:expr)),+) => {
-        match [$($s.dtype()),+][0] {
-            DType::F32 => CpuStorage::F32($kernel($dims, $(contiguous::<f32>($s, $l)?),+)),
-            DType::F64 => CpuStorage::F64($kernel($dims, $(contiguous::<f64>($s, $l)?),+)),
-            d => return Err(candle_core::Error::Msg(format!("max pooling: unsupported dtype {d:?}"))),
-        }
-    };
-}
 
 /// Planes, height, width of the input and the pooled shape.
 fn geometry(dims: &[usize]) -> (usize, usize, usize, Vec<usize>) {
@@ -95,7 +78,7 @@ impl CustomOp1 for Pool {
     }
     fn cpu_fwd(&self, s: &CpuStorage, l: &Layout) -> Result<(CpuStorage, Shape)> {
         // Pooling is selecting each window's maximum from the input itself.
-        let out = dispatch!(select_kernel, &self.0, (s, l), (s, l));
+        let out = dispatch!("max pooling", select_kernel, &self.0, (s, l), (s, l));
         Ok((out, Shape::from(geometry(&self.0).3)))
     }
     fn bwd(&self, x: &Tensor, _res: &Tensor, grad: &Tensor) -> Result<Option<Tensor>> {
@@ -108,7 +91,7 @@ impl CustomOp2 for Route {
         "maxpool2_route"
     }
     fn cpu_fwd(&self, s1: &CpuStorage, l1: &Layout, s2: &CpuStorage, l2: &Layout) -> Result<(CpuStorage, Shape)> {
-        let out = dispatch!(route_kernel, &self.0, (s1, l1), (s2, l2));
+        let out = dispatch!("max pooling", route_kernel, &self.0, (s1, l1), (s2, l2));
         Ok((out, Shape::from(self.0.clone())))
     }
     fn bwd(&self, x: &Tensor, _g: &Tensor, _res: &Tensor, grad: &Tensor) -> Result<(Option<Tensor>, Option<Tensor>)> {
@@ -122,7 +105,7 @@ impl CustomOp2 for Select {
         "maxpool2_select"
     }
     fn cpu_fwd(&self, s1: &CpuStorage, l1: &Layout, s2: &CpuStorage, l2: &Layout) -> Result<(CpuStorage, Shape)> {
-        let out = dispatch!(select_kernel, &self.0, (s1, l1), (s2, l2));
+        let out = dispatch!("max pooling", select_kernel, &self.0, (s1, l1), (s2, l2));
         Ok((out, Shape::from(geometry(&self.0).3)))
     }
     fn bwd(&self, x: &Tensor, _v: &Tensor, _res: &Tensor, grad: &Tensor) -> Result<(Option<Tensor>, Option<Tensor>)> {
