@@ -8,7 +8,7 @@ use clap::{Parser, Subcommand};
 use metasgd::eval::{evaluate, model_and_baselines, EvalSpec};
 use metasgd::metasgd::train::{train, TrainConfig};
 use metasgd::metasgd::Order;
-use metasgd::tasks::families;
+use metasgd::tasks::held_out;
 
 /// mimalloc keeps freed pages for reuse: with the system allocator, the
 /// large short-lived tensors of conv training spent more time in the kernel
@@ -181,8 +181,7 @@ fn main() -> anyhow::Result<()> {
             let mut all = Vec::new();
             let classification = models[0].1.manifest.task == metasgd::model::TaskKind::Classification;
             let ways = if classification { ways } else { vec![0] };
-            for &n_way in &ways {
-                let fam = families(&fam_name, data.as_deref(), n_way)?.1;
+            for fam in held_out(&fam_name, data.as_deref(), &ways)? {
                 for (label, m) in &models {
                     let spec = EvalSpec {
                         shots: 0,

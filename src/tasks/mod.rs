@@ -3,6 +3,9 @@
 pub mod omniglot;
 pub mod sinusoid;
 
+use std::path::Path;
+use std::sync::Arc;
+
 use candle_core::{Device, Result};
 use rand_chacha::ChaCha8Rng;
 
@@ -48,31 +51,49 @@ pub fn family(name: &str) -> Option<Box<dyn TaskFamily>> {
 /// folder with the release's zips); `n_way` is the classes per task.
 pub fn families(
     name: &str,
-    data: Option<&std::path::Path>,
+    data: Option<&Path>,
     n_way: usize,
 ) -> anyhow::Result<(Box<dyn TaskFamily>, Box<dyn TaskFamily>)> {
-    use std::sync::Arc;
+    let train: Box<dyn TaskFamily> = match name {
+        "sinusoid" => Box::new(sinusoid::Sinusoid),
+        "omniglot" => Box::new(omniglot::OmniglotTasks {
+            data: omniglot_split(data, omniglot::Split::Background)?,
+            n_way,
+            rotations: true,
+        }),
+        _ => anyhow::bail!("unknown task family {name:?} (known: sinusoid, omniglot)"),
+    };
+    let held_out = held_out(name, data, &[n_way])?.remove(0);
+    Ok((train, held_out))
+}
+
+/// The held-out (evaluation) family of `name` for each class count in
+/// `ways`, reading the data once.
+pub fn held_out(name: &str, data: Option<&Path>, ways: &[usize]) -> anyhow::Result<Vec<Box<dyn TaskFamily>>> {
     match name {
-        "sinusoid" => Ok((Box::new(sinusoid::Sinusoid), Box::new(sinusoid::Sinusoid))),
+        "sinusoid" => Ok(ways
+            .iter()
+            .map(|_| Box::new(sinusoid::Sinusoid) as Box<dyn TaskFamily>)
+            .collect()),
         "omniglot" => {
-            let data = data.ok_or_else(|| {
-                anyhow::anyhow!("the omniglot family needs --data <folder with images_background.zip>")
-            })?;
-            let bg = Arc::new(omniglot::Omniglot::load(data, omniglot::Split::Background)?);
-            let ev = Arc::new(omniglot::Omniglot::load(data, omniglot::Split::Evaluation)?);
-            Ok((
-                Box::new(omniglot::OmniglotTasks {
-                    data: bg,
-                    n_way,
-                    rotations: true,
-                }),
-                Box::new(omniglot::OmniglotTasks {
-                    data: ev,
-                    n_way,
-                    rotations: false,
-                }),
-            ))
+            let ev = omniglot_split(data, omniglot::Split::Evaluation)?;
+            Ok(ways
+                .iter()
+                .map(|&n_way| {
+                    Box::new(omniglot::OmniglotTasks {
+                        data: ev.clone(),
+                        n_way,
+                        rotations: false,
+                    }) as Box<dyn TaskFamily>
+                })
+                .collect())
         }
         _ => anyhow::bail!("unknown task family {name:?} (known: sinusoid, omniglot)"),
     }
+}
+
+fn omniglot_split(data: Option<&Path>, split: omniglot::Split) -> anyhow::Result<Arc<omniglot::Omniglot>> {
+    let data =
+        data.ok_or_else(|| anyhow::anyhow!("the omniglot family needs --data <folder with images_background.zip>"))?;
+    Ok(Arc::new(omniglot::Omniglot::load(data, split)?))
 }
