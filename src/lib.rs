@@ -8,7 +8,9 @@
 
 pub mod bench;
 pub mod device;
+pub mod encoder;
 pub mod eval;
+pub mod fetch;
 pub mod images;
 pub mod metasgd;
 pub mod model;

@@ -45,6 +45,16 @@ enum Command {
         #[arg(long, default_value_t = 10)]
         seconds: u64,
     },
+    /// Download what the models need (encoders, the ONNX Runtime library) into the cache, then exit.
+    Fetch {
+        #[arg(long, env = "METASGD_MODELS", default_value = "models")]
+        models: PathBuf,
+        /// [default: $XDG_CACHE_HOME/metasgd or ~/.cache/metasgd]
+        #[arg(long, env = "METASGD_CACHE")]
+        cache_dir: Option<PathBuf>,
+        #[arg(long, env = "ORT_DYLIB_PATH")]
+        ort_lib: Option<PathBuf>,
+    },
     /// Exit 0 when the server at --url answers /health with 200 (for container health checks).
     Healthcheck {
         #[arg(
@@ -99,6 +109,9 @@ enum Command {
         /// Also evaluate each model without adaptation (0 steps).
         #[arg(long, default_value_t = true, action = clap::ArgAction::Set)]
         zero_steps: bool,
+        /// Classification: also evaluate nearest-centroid on the model's input vectors.
+        #[arg(long)]
+        centroid: bool,
         #[arg(long, env = "METASGD_THREADS", default_value_t = 2)]
         threads: usize,
     },
@@ -126,6 +139,17 @@ fn main() -> anyhow::Result<()> {
         } => {
             metasgd::device::set_threads(serve.threads);
             metasgd::bench::run(serve, &model, iters, seconds)
+        }
+        Command::Fetch {
+            models,
+            cache_dir,
+            ort_lib,
+        } => {
+            let cache = cache_dir.unwrap_or_else(metasgd::fetch::cache_dir);
+            for p in metasgd::encoder::prefetch::prefetch(&models, &cache, ort_lib.as_deref())? {
+                println!("{}", p.display());
+            }
+            Ok(())
         }
         Command::Healthcheck { url } => {
             let rt = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
@@ -167,6 +191,7 @@ fn main() -> anyhow::Result<()> {
             data,
             ways,
             zero_steps,
+            centroid,
             threads,
         } => {
             metasgd::device::set_threads(threads);
@@ -182,6 +207,16 @@ fn main() -> anyhow::Result<()> {
             let classification = models[0].1.manifest.task == metasgd::model::TaskKind::Classification;
             let ways = if classification { ways } else { vec![0] };
             for fam in held_out(&fam_name, data.as_deref(), &ways)? {
+                if centroid && classification {
+                    let spec = EvalSpec {
+                        shots: 0,
+                        steps,
+                        tasks,
+                        queries,
+                        seed,
+                    };
+                    all.extend(metasgd::eval::evaluate_centroid(fam.as_ref(), &shots, spec, &device)?);
+                }
                 for (label, m) in &models {
                     let spec = EvalSpec {
                         shots: 0,

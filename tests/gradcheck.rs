@@ -209,3 +209,32 @@ fn conv4_metagradient_matches_finite_differences() {
     check_problem(conv_problem(5), 1);
     check_problem(conv_problem(6), 2);
 }
+
+/// The text intents head: a class-shared head on feature vectors, plain
+/// and cosine, with a learned center and L2 normalization, and with a ReLU body.
+#[test]
+fn features_head_metagradient_matches_finite_differences() {
+    for (hidden, center, cosine, seed) in [
+        (vec![4], false, false, 7),
+        (vec![], true, true, 8),
+        (vec![4], true, false, 9),
+        (vec![], false, true, 10),
+    ] {
+        let center_or_cosine = center || cosine;
+        let arch = Architecture::Features {
+            dim: 6,
+            hidden,
+            scale: 1.5,
+            center,
+            cosine,
+        };
+        // (A plain linear head with no body is left out: softmax ignores the
+        // shared row w0·h, so its θ-gradient is exactly zero at any step count.)
+        // A ReLU body's first step from the shared row gets no gradient, so
+        // without center or cosine, θ matters from the second step on.
+        if center_or_cosine {
+            check_problem(problem_for(arch.clone(), TaskKind::Classification, seed, 6, 3), 1);
+        }
+        check_problem(problem_for(arch, TaskKind::Classification, seed + 10, 6, 3), 2);
+    }
+}

@@ -65,3 +65,42 @@ fn shipped_omniglot_model_classifies_unseen_alphabets() {
         "5-way 1-shot accuracy {a} on unseen alphabets is below the shipped model's level"
     );
 }
+
+#[test]
+fn shipped_intents_model_classifies_intents_of_held_out_domains() {
+    use metasgd::eval::centroid_accuracies;
+    use metasgd::tasks::held_out;
+    let Some(dir) = common::shared_dir("data/clinc150") else {
+        return;
+    };
+    let model = load_model(&common::shipped_models().join("intents"), &Device::Cpu).unwrap();
+    // The held-out domains' test utterances, embedded by the shipped encoder.
+    let fam = held_out("intents", Some(&dir), &[10]).unwrap().remove(0);
+    let spec = EvalSpec {
+        shots: 5,
+        steps: model.manifest.default_steps,
+        tasks: 300,
+        queries: 5,
+        seed: 777, // not the seed of the published evaluation
+    };
+    let (_, acc) = task_losses(&model, fam.as_ref(), spec, &Device::Cpu).unwrap();
+    let acc = acc.unwrap();
+    let centroid = centroid_accuracies(fam.as_ref(), spec, &Device::Cpu).unwrap();
+    let (a, ci) = mean_ci95(&acc);
+    let (c, _) = mean_ci95(&centroid);
+    eprintln!(
+        "intents 10-way 5-shot, 300 episodes: Meta-SGD {:.2}% ± {:.2}, nearest-centroid {:.2}%",
+        100.0 * a,
+        100.0 * ci,
+        100.0 * c
+    );
+    assert!(
+        a > 0.96,
+        "10-way 5-shot accuracy {a} on held-out domains is below the shipped model's level"
+    );
+    // Same episodes for both, so the paired difference is what to check.
+    assert!(
+        a >= c - 0.003,
+        "Meta-SGD {a} falls behind nearest-centroid {c} on the same episodes"
+    );
+}

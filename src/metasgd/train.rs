@@ -48,6 +48,20 @@ pub struct TrainConfig {
     #[arg(long)]
     #[serde(default)]
     pub init: Option<PathBuf>,
+    /// For feature-vector models (the intents family): the hidden layer
+    /// sizes of a meta-learned MLP body before the head, comma separated.
+    #[arg(long, value_delimiter = ',')]
+    #[serde(default)]
+    pub hidden: Vec<usize>,
+    /// For feature-vector models: subtract a meta-learned center and
+    /// L2-normalize (see `Architecture::Features`).
+    #[arg(long)]
+    #[serde(default)]
+    pub center: bool,
+    /// For feature-vector models: a cosine head (see `Architecture::Features`).
+    #[arg(long)]
+    #[serde(default)]
+    pub cosine: bool,
     /// Output model folder (checkpoints are kept there too).
     #[arg(long)]
     pub out: PathBuf,
@@ -250,6 +264,17 @@ pub fn train(cfg: TrainConfig, device: &Device) -> anyhow::Result<()> {
             .unwrap_or_else(|| cfg.task.clone())
     });
     let mut manifest = fam.manifest(&name);
+    if let Architecture::Features {
+        hidden, center, cosine, ..
+    } = &mut manifest.architecture
+    {
+        hidden.clone_from(&cfg.hidden);
+        *center = cfg.center;
+        *cosine = cfg.cosine;
+    } else if !cfg.hidden.is_empty() || cfg.center || cfg.cosine {
+        anyhow::bail!("--hidden applies to feature-vector models only");
+    }
+    manifest.validate().map_err(anyhow::Error::msg)?;
     let arch = manifest.architecture.clone();
     std::fs::create_dir_all(&cfg.out)?;
     let ckpt = cfg.out.join("checkpoint.safetensors");
@@ -426,6 +451,9 @@ mod tests {
             data: None,
             n_way: 5,
             init: None,
+            hidden: Vec::new(),
+            center: false,
+            cosine: false,
             out: out.to_path_buf(),
             name: Some("t".into()),
             method: Method::Metasgd,

@@ -3,6 +3,7 @@
 use serde::{Deserialize, Serialize};
 
 use super::Architecture;
+use crate::encoder::EncoderSpec;
 
 /// Regression (MSE) or classification (cross-entropy).
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -47,6 +48,10 @@ pub struct Manifest {
     /// The task family it was meta-trained on (`train --task`), used by `eval`.
     #[serde(default)]
     pub family: Option<String>,
+    /// For text inputs: the frozen encoder that maps a text to the
+    /// architecture's input vector.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub encoder: Option<EncoderSpec>,
     /// Free-form notes on how the model was made (method, data, results).
     #[serde(default)]
     pub description: String,
@@ -70,16 +75,30 @@ impl Manifest {
             ));
         }
         match (self.input.kind, &self.architecture) {
-            (InputKind::Vector, Architecture::Mlp { .. }) => {}
+            (InputKind::Vector, Architecture::Mlp { .. } | Architecture::Features { .. }) => {}
+            (InputKind::Text, Architecture::Features { dim, .. }) if self.input.shape == [*dim] => {}
             (InputKind::Image, Architecture::Conv4 { channels: 1, side, .. })
                 if self.input.shape == [1, *side, *side] => {}
             (kind, arch) => {
                 return Err(format!(
                     "input kind {kind:?} with shape {:?} does not fit the architecture {arch:?} \
-                     (vector inputs need an mlp; image inputs need a conv4 with 1 channel and shape [1, side, side])",
+                     (vector inputs need an mlp or features; text inputs need features with shape [dim]; image inputs need a conv4 with 1 channel and shape [1, side, side])",
                     self.input.shape
                 ))
             }
+        }
+        match (self.input.kind, &self.encoder) {
+            (InputKind::Text, None) => return Err("text inputs need an `encoder`".into()),
+            (InputKind::Text, Some(e)) if e.dim != self.architecture.input_dim() => {
+                return Err(format!(
+                    "the encoder gives {} values but the architecture takes {}",
+                    e.dim,
+                    self.architecture.input_dim()
+                ))
+            }
+            (InputKind::Text, Some(_)) => {}
+            (_, Some(_)) => return Err("only text inputs have an `encoder`".into()),
+            (_, None) => {}
         }
         match (self.task, self.n_way) {
             (TaskKind::Classification, None) => return Err("classification needs n_way".into()),

@@ -34,6 +34,33 @@ pub enum Architecture {
         side: usize,
         hidden: usize,
     },
+    /// A class-shared head (as in `Conv4`) on feature vectors such as
+    /// sentence embeddings. In order:
+    /// - with `center`, a meta-learned vector `center` `[dim]` is subtracted
+    ///   and the result L2-normalized (SimpleShot's "CL2N");
+    /// - an optional MLP body of `hidden` ReLU layers (`l1.weight`, ...);
+    /// - the head: `scale · w_c·h + b_c`, or with `cosine`,
+    ///   `scale · cos(w_c, h) + b_c`. `scale` is the logits' temperature: it
+    ///   lets α live near 1, where Adam's absolute step sizes suit it.
+    ///
+    /// With no hidden layers, one step from the shared row is a prototype
+    /// classifier whose per-dimension metric is the meta-learned α; the
+    /// cosine head makes that step's classifier independent of the class count.
+    Features {
+        dim: usize,
+        #[serde(default)]
+        hidden: Vec<usize>,
+        #[serde(default = "one")]
+        scale: f64,
+        #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+        center: bool,
+        #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+        cosine: bool,
+    },
+}
+
+fn one() -> f64 {
+    1.0
 }
 
 /// A parameter's name and shape.
@@ -71,6 +98,30 @@ impl Architecture {
                 });
                 v
             }
+            Architecture::Features {
+                dim, hidden, center, ..
+            } => {
+                let mut sizes = vec![*dim];
+                sizes.extend(hidden);
+                let mut v = Vec::new();
+                if *center {
+                    v.push(ParamSpec {
+                        name: "center".into(),
+                        shape: vec![*dim],
+                    });
+                }
+                v.extend(Architecture::Mlp { sizes: sizes.clone() }.params());
+                v.push(ParamSpec {
+                    name: "head.weight".into(),
+                    shape: vec![1, *sizes.last().unwrap_or(dim)],
+                });
+                v.push(ParamSpec {
+                    name: "head.bias".into(),
+                    shape: vec![1],
+                });
+                v
+            }
+            Architecture::Mlp { sizes } if sizes.len() < 2 => Vec::new(),
             Architecture::Mlp { sizes } => sizes
                 .windows(2)
                 .enumerate()
@@ -100,6 +151,7 @@ impl Architecture {
         match self {
             Architecture::Mlp { sizes } => sizes[0],
             Architecture::Conv4 { channels, side, .. } => channels * side * side,
+            Architecture::Features { dim, .. } => *dim,
         }
     }
 
@@ -107,13 +159,13 @@ impl Architecture {
     pub fn output_dim(&self) -> usize {
         match self {
             Architecture::Mlp { sizes } => *sizes.last().unwrap_or(&0),
-            Architecture::Conv4 { .. } => usize::MAX,
+            Architecture::Conv4 { .. } | Architecture::Features { .. } => usize::MAX,
         }
     }
 
     /// True when the head is one shared row that [`Architecture::for_classes`] expands.
     pub fn shared_head(&self) -> bool {
-        matches!(self, Architecture::Conv4 { .. })
+        matches!(self, Architecture::Conv4 { .. } | Architecture::Features { .. })
     }
 
     /// θ (or α) for an `n`-class task: a class-shared head row is repeated
@@ -153,6 +205,13 @@ impl Architecture {
                     ));
                 }
             }
+            Architecture::Features { dim, hidden, scale, .. } => {
+                if *dim == 0 || hidden.contains(&0) || !(scale.is_finite() && *scale > 0.0) {
+                    return Err(format!(
+                        "features needs dim > 0, non-zero hidden sizes and a positive scale, got {dim}, {hidden:?}, {scale}"
+                    ));
+                }
+            }
             Architecture::Mlp { sizes } => {
                 if sizes.len() < 2 || sizes.contains(&0) {
                     return Err(format!(
@@ -172,6 +231,33 @@ impl Architecture {
                 let f = conv::l2_normalize(&conv::body(&params[..8], x, *channels, *side)?)?;
                 conv::linear(&f, &params[8], &params[9])
             }
+            Architecture::Features {
+                hidden,
+                scale,
+                center,
+                cosine,
+                ..
+            } => {
+                let (mut h, params) = if *center {
+                    (
+                        unit_rows(&x.broadcast_sub(&unsqueeze_task(&params[0], x)?)?)?,
+                        &params[1..],
+                    )
+                } else {
+                    (x.clone(), params)
+                };
+                let l = hidden.len();
+                for i in 0..l {
+                    h = conv::linear(&h, &params[2 * i], &params[2 * i + 1])?.relu()?;
+                }
+                let (w, b) = (&params[2 * l], &params[2 * l + 1]);
+                let (h, w) = if *cosine {
+                    (unit_rows(&h)?, unit_rows(w)?)
+                } else {
+                    (h, w.clone())
+                };
+                conv::linear(&h.affine(*scale, 0.0)?, &w, b)
+            }
             Architecture::Mlp { sizes } => {
                 let layers = sizes.len() - 1;
                 let mut h = x.clone();
@@ -188,6 +274,21 @@ impl Architecture {
                 Ok(h)
             }
         }
+    }
+}
+
+/// Each row (last dimension) divided by its L2 norm.
+fn unit_rows(v: &Tensor) -> Result<Tensor> {
+    v.broadcast_div(&(v.sqr()?.sum_keepdim(D::Minus1)? + 1e-12)?.sqrt()?)
+}
+
+/// A vector parameter `[d]` (shared) or `[T, d]` (per task) shaped to
+/// broadcast against `[T, N, d]` inputs.
+fn unsqueeze_task(p: &Tensor, x: &Tensor) -> Result<Tensor> {
+    if p.rank() == 2 && x.rank() == 3 {
+        p.unsqueeze(1)
+    } else {
+        Ok(p.clone())
     }
 }
 

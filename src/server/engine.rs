@@ -2,10 +2,14 @@
 //! support set, and predict with adapted parameters. Blocking; the routes
 //! run it on the compute pool.
 
+use std::borrow::Cow;
+use std::time::Instant;
+
 use candle_core::{Device, Tensor, D};
 use serde_json::Value;
 
-use super::validate::{ValidLabels, ValidSupport};
+use super::state::ServedModel;
+use super::validate::{Inputs, ValidLabels, ValidSupport};
 use crate::metasgd::{adapt, Support};
 use crate::model::{LoadedModel, Target, TaskKind};
 
@@ -21,14 +25,36 @@ fn input_tensor(model: &LoadedModel, flat: &[f32], n: usize, device: &Device) ->
     Tensor::from_slice(flat, (1, n, dim), device)
 }
 
+/// The architecture's input vectors: numbers as they are, texts through
+/// the model's encoder (in batches).
+pub fn features<'a>(served: &ServedModel, inputs: &'a Inputs) -> candle_core::Result<Cow<'a, [f32]>> {
+    match inputs {
+        Inputs::Values(v) => Ok(Cow::Borrowed(v)),
+        Inputs::Texts(texts) => {
+            let enc = served
+                .encoder
+                .as_ref()
+                .ok_or_else(|| candle_core::Error::Msg(format!("model {} has no encoder", served.info.name)))?;
+            let refs: Vec<&str> = texts.iter().map(String::as_str).collect();
+            let start = Instant::now();
+            let v = enc
+                .embed(&refs)
+                .map_err(|e| candle_core::Error::Msg(format!("encoder: {e:#}")))?;
+            super::metrics::encoded(&served.info.name, texts.len(), start.elapsed().as_secs_f64());
+            Ok(Cow::Owned(v))
+        }
+    }
+}
+
 /// Runs `steps` adaptation steps on the support set.
 pub fn adapt_support(
-    model: &LoadedModel,
+    served: &ServedModel,
     s: &ValidSupport,
     steps: usize,
     device: &Device,
 ) -> candle_core::Result<AdaptedModel> {
-    let x = input_tensor(model, &s.inputs, s.n, device)?;
+    let model = &served.model;
+    let x = input_tensor(model, &features(served, &s.inputs)?, s.n, device)?;
     let target = match &s.labels {
         ValidLabels::Values(v) => Target::Values(Tensor::from_slice(v, (1, s.n, 1), device)?),
         ValidLabels::Classes { index, classes } => {
@@ -60,16 +86,18 @@ pub type Predicted = (Vec<Value>, Option<Vec<Vec<f32>>>);
 
 /// Predictions (and class probabilities for classification) for `n` inputs.
 pub fn predict(
-    model: &LoadedModel,
+    served: &ServedModel,
     params: &[Tensor],
     classes: Option<&[Value]>,
-    flat: &[f32],
+    inputs: &Inputs,
     n: usize,
     device: &Device,
 ) -> candle_core::Result<Predicted> {
+    let model = &served.model;
+    let flat = features(served, inputs)?;
     let out = model
         .architecture()
-        .forward(params, &input_tensor(model, flat, n, device)?)?
+        .forward(params, &input_tensor(model, &flat, n, device)?)?
         .squeeze(0)?;
     match (model.manifest.task, classes) {
         (TaskKind::Classification, Some(classes)) => {

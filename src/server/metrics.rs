@@ -79,6 +79,12 @@ pub fn adaptation(model: &str, seconds: f64) {
     histogram!("metasgd_adaptation_duration_seconds", "model" => model.to_owned()).record(seconds);
 }
 
+/// Texts run through a model's encoder, and the time the batch took.
+pub fn encoded(model: &str, texts: usize, seconds: f64) {
+    counter!("metasgd_encoded_texts_total", "model" => model.to_owned()).increment(texts as u64);
+    histogram!("metasgd_encode_duration_seconds", "model" => model.to_owned()).record(seconds);
+}
+
 pub fn predictions(model: &str, n: usize) {
     counter!("metasgd_predictions_total", "model" => model.to_owned()).increment(n as u64);
 }

@@ -68,6 +68,27 @@ pub struct ServeConfig {
     /// Largest width or height of an uploaded PNG, in pixels (422 beyond).
     #[arg(long, env = "METASGD_MAX_IMAGE_SIDE", default_value_t = 1024)]
     pub max_image_side: u32,
+    /// Longest text input, in bytes (422 beyond). Within it, the encoder
+    /// reads a text's first tokens (256 for MiniLM).
+    #[arg(long, env = "METASGD_MAX_TEXT_BYTES", default_value_t = 16 << 10)]
+    pub max_text_bytes: usize,
+    /// The ONNX Runtime library (onnxruntime 1.31); by default fetched from
+    /// PyPI's onnxruntime wheel into the cache.
+    #[arg(long, env = "ORT_DYLIB_PATH")]
+    pub ort_lib: Option<PathBuf>,
+    /// Where fetched files (encoders, ONNX Runtime) are kept
+    /// [default: $XDG_CACHE_HOME/metasgd or ~/.cache/metasgd].
+    #[arg(long, env = "METASGD_CACHE")]
+    pub cache_dir: Option<PathBuf>,
+    /// ONNX Runtime sessions per text model (requests encode in parallel up to this).
+    #[arg(long, env = "METASGD_ENCODER_SESSIONS", default_value_t = 1)]
+    pub encoder_sessions: usize,
+    /// Threads of each ONNX Runtime session [default: --threads].
+    #[arg(long, env = "METASGD_ENCODER_THREADS")]
+    pub encoder_threads: Option<usize>,
+    /// Texts per encoder call.
+    #[arg(long, env = "METASGD_ENCODER_BATCH", default_value_t = 32)]
+    pub encoder_batch: usize,
     /// Per-request compute timeout, in seconds.
     #[arg(long, env = "METASGD_REQUEST_TIMEOUT", default_value_t = 30)]
     pub request_timeout: u64,
@@ -95,7 +116,14 @@ impl ServeConfig {
 /// Loads the models and builds the shared state (not yet ready).
 pub fn build_state(cfg: &ServeConfig) -> anyhow::Result<AppState> {
     let device = crate::device::select(&cfg.device)?;
-    let models = load_models(&cfg.models, &device)?;
+    let encoder = crate::encoder::EncoderOptions {
+        ort_lib: cfg.ort_lib.clone(),
+        cache: cfg.cache_dir.clone().unwrap_or_else(crate::fetch::cache_dir),
+        sessions: cfg.encoder_sessions.max(1),
+        threads: cfg.encoder_threads.unwrap_or(cfg.threads).max(1),
+        batch: cfg.encoder_batch.max(1),
+    };
+    let models = load_models(&cfg.models, &device, &encoder)?;
     let sessions: Arc<dyn SessionStore> = Arc::new(MemoryStore::new(cfg.max_sessions));
     Ok(AppState(Arc::new(Inner {
         models,
@@ -108,6 +136,7 @@ pub fn build_state(cfg: &ServeConfig) -> anyhow::Result<AppState> {
             max_support: cfg.max_support,
             max_inputs: cfg.max_inputs,
             max_image_side: cfg.max_image_side,
+            max_text_bytes: cfg.max_text_bytes,
             max_ttl_seconds: cfg.max_ttl,
         },
         default_ttl_seconds: cfg.session_ttl,
@@ -148,20 +177,20 @@ pub async fn warm_up(state: &AppState) -> anyhow::Result<()> {
                 classes: vec![serde_json::json!("warm-up")],
             },
         };
-        let support = validate::ValidSupport {
-            inputs: vec![0.0; dim],
-            n: 1,
-            labels,
+        let inputs = match m.input.kind {
+            crate::model::InputKind::Text => validate::Inputs::Texts(vec!["warm-up".into()]),
+            _ => validate::Inputs::Values(vec![0.0; dim]),
         };
+        let support = validate::ValidSupport { inputs, n: 1, labels };
         let served = served.clone();
         state
             .compute(move |dev| {
-                let a = engine::adapt_support(&served.model, &support, 1, dev)?;
+                let a = engine::adapt_support(&served, &support, 1, dev)?;
                 let classes = match &support.labels {
                     validate::ValidLabels::Classes { classes, .. } => Some(classes.clone()),
                     _ => None,
                 };
-                engine::predict(&served.model, &a.params, classes.as_deref(), &support.inputs, 1, dev)
+                engine::predict(&served, &a.params, classes.as_deref(), &support.inputs, 1, dev)
             })
             .await
             .map_err(|e| anyhow::anyhow!("warm-up of model {name} failed: {e}"))?;

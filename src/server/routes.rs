@@ -112,7 +112,7 @@ async fn adapt(
     let (sv, v2) = (served.clone(), valid.clone());
     let start = Instant::now();
     let adapted = s
-        .compute(move |dev| engine::adapt_support(&sv.model, &v2, steps, dev))
+        .compute(move |dev| engine::adapt_support(&sv, &v2, steps, dev))
         .await?;
     metrics::adaptation(model, start.elapsed().as_secs_f64());
     if !adapted.loss_after.is_finite() {
@@ -227,7 +227,7 @@ async fn predict_with(
     let n = inputs.len();
     let sv = sess.clone();
     let (predictions, probabilities) = s
-        .compute(move |dev| engine::predict(&served.model, &sv.params, sv.classes.as_deref(), &flat, n, dev))
+        .compute(move |dev| engine::predict(&served, &sv.params, sv.classes.as_deref(), &flat, n, dev))
         .await?;
     metrics::predictions(&sess.model, n);
     Ok(Json(SessionPredictions {
@@ -271,7 +271,7 @@ async fn stateless_predict(
     let n = req.inputs.len();
     let classes = classes_of(&valid);
     let (predictions, probabilities) = s
-        .compute(move |dev| engine::predict(&served.model, &adapted.params, classes.as_deref(), &flat, n, dev))
+        .compute(move |dev| engine::predict(&served, &adapted.params, classes.as_deref(), &flat, n, dev))
         .await?;
     metrics::predictions(&model, n);
     Ok(Json(Predictions {

@@ -15,17 +15,24 @@ use super::api::ModelInfo;
 use super::error::AppError;
 use super::sessions::SessionStore;
 use super::validate::Limits;
+use crate::encoder::{Encoder, EncoderOptions};
 use crate::model::{load_model, LoadedModel};
 
-/// A model as served: its weights and its public description.
+/// A model as served: its weights, its encoder (text models), and its public description.
 pub struct ServedModel {
     pub model: LoadedModel,
+    pub encoder: Option<Arc<Encoder>>,
     pub info: ModelInfo,
 }
 
-/// Loads every model folder under `dir`. Any folder that is not a valid
-/// model is an error that names the offending file.
-pub fn load_models(dir: &Path, device: &Device) -> anyhow::Result<BTreeMap<String, Arc<ServedModel>>> {
+/// Loads every model folder under `dir`, with the encoders of text models
+/// (fetched into the cache when their manifest pins a wheel). Any folder
+/// that is not a valid model is an error that names the offending file.
+pub fn load_models(
+    dir: &Path,
+    device: &Device,
+    encoder: &EncoderOptions,
+) -> anyhow::Result<BTreeMap<String, Arc<ServedModel>>> {
     let mut dirs: Vec<_> = std::fs::read_dir(dir)
         .with_context(|| format!("cannot read the models folder {}", dir.display()))?
         .filter_map(|e| e.ok())
@@ -43,6 +50,12 @@ pub fn load_models(dir: &Path, device: &Device) -> anyhow::Result<BTreeMap<Strin
     for d in dirs {
         let model = load_model(&d, device)?;
         let m = &model.manifest;
+        let enc = match &m.encoder {
+            Some(spec) => Some(Arc::new(Encoder::load(spec, &d, encoder).with_context(|| {
+                format!("{}: loading the encoder", d.join("manifest.json").display())
+            })?)),
+            None => None,
+        };
         let info = ModelInfo {
             name: m.name.clone(),
             task: m.task,
@@ -55,7 +68,14 @@ pub fn load_models(dir: &Path, device: &Device) -> anyhow::Result<BTreeMap<Strin
         };
         let name = m.name.clone();
         if models
-            .insert(name.clone(), Arc::new(ServedModel { model, info }))
+            .insert(
+                name.clone(),
+                Arc::new(ServedModel {
+                    model,
+                    encoder: enc,
+                    info,
+                }),
+            )
             .is_some()
         {
             anyhow::bail!(

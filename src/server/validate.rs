@@ -15,14 +15,23 @@ pub struct Limits {
     pub max_support: usize,
     pub max_inputs: usize,
     pub max_image_side: u32,
+    pub max_text_bytes: usize,
     pub max_ttl_seconds: u64,
+}
+
+/// Validated inputs: numbers for the architecture, or texts for the model's encoder.
+#[derive(Clone, Debug)]
+pub enum Inputs {
+    /// Row-major `[N, in]`.
+    Values(Vec<f32>),
+    /// One text per input (non-empty, within `--max-text-bytes`).
+    Texts(Vec<String>),
 }
 
 /// A support set that passed validation.
 #[derive(Clone, Debug)]
 pub struct ValidSupport {
-    /// Row-major `[N, in]`.
-    pub inputs: Vec<f32>,
+    pub inputs: Inputs,
     pub n: usize,
     pub labels: ValidLabels,
 }
@@ -37,8 +46,9 @@ pub enum ValidLabels {
     },
 }
 
-/// Parses inputs of the model's kind and shape into a row-major `[N, in]` buffer.
-pub fn inputs(m: &Manifest, values: &[Value], field: &str, max: usize, limits: &Limits) -> Result<Vec<f32>, AppError> {
+/// Parses inputs of the model's kind and shape: texts, or numbers in a
+/// row-major `[N, in]` buffer.
+pub fn inputs(m: &Manifest, values: &[Value], field: &str, max: usize, limits: &Limits) -> Result<Inputs, AppError> {
     if values.is_empty() {
         return Err(AppError::invalid(
             "empty_inputs",
@@ -50,6 +60,14 @@ pub fn inputs(m: &Manifest, values: &[Value], field: &str, max: usize, limits: &
             "too_many_inputs",
             format!("`{field}` has {} items; the limit is {max}", values.len()),
         ));
+    }
+    if m.input.kind == InputKind::Text {
+        return values
+            .iter()
+            .enumerate()
+            .map(|(i, v)| text(v, limits.max_text_bytes, &format!("{field}[{i}]")))
+            .collect::<Result<_, _>>()
+            .map(Inputs::Texts);
     }
     let dim: usize = m.input.shape.iter().product();
     let mut out = Vec::with_capacity(values.len() * dim);
@@ -63,15 +81,40 @@ pub fn inputs(m: &Manifest, values: &[Value], field: &str, max: usize, limits: &
                 &format!("{field}[{i}]"),
                 &mut out,
             )?,
-            kind => {
-                return Err(AppError::invalid(
-                    "unsupported_input_kind",
-                    format!("inputs of kind {kind:?} are not supported"),
-                ))
-            }
+            InputKind::Text => unreachable!("texts return above"),
         }
     }
-    Ok(out)
+    Ok(Inputs::Values(out))
+}
+
+/// A text input: a non-empty string of at most `max_bytes` bytes. Longer
+/// texts are refused rather than cut, so a client never gets a prediction
+/// for a text it did not send; within the limit, the encoder reads the
+/// first `max_tokens` tokens (256 for MiniLM), as sentence-transformers does.
+fn text(v: &Value, max_bytes: usize, at: &str) -> Result<String, AppError> {
+    let s = v.as_str().ok_or_else(|| {
+        AppError::invalid(
+            "invalid_input",
+            format!("{at} must be a string (this model takes text), got {}", kind_of(v)),
+        )
+    })?;
+    if s.trim().is_empty() {
+        return Err(AppError::invalid(
+            "empty_text",
+            format!("{at} is empty or only whitespace: send some text"),
+        ));
+    }
+    if s.len() > max_bytes {
+        return Err(AppError::invalid(
+            "text_too_long",
+            format!(
+                "{at} is {} bytes; the limit is {max_bytes} (--max-text-bytes). The encoder reads only \
+                 its first 256 tokens (about 1,000 characters of English) anyway",
+                s.len()
+            ),
+        ));
+    }
+    Ok(s.to_string())
 }
 
 fn vector(v: &Value, dim: usize, at: &str, out: &mut Vec<f32>) -> Result<(), AppError> {

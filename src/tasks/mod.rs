@@ -1,5 +1,7 @@
 //! Task families: episode samplers that meta-training and evaluation draw from.
 
+pub mod clinc;
+pub mod intents;
 pub mod omniglot;
 pub mod sinusoid;
 
@@ -61,7 +63,17 @@ pub fn families(
             n_way,
             rotations: true,
         }),
-        _ => anyhow::bail!("unknown task family {name:?} (known: sinusoid, omniglot)"),
+        "intents" => {
+            let data = intents_data(data)?;
+            let train = intents::load(data, clinc::Domains::Training, &["train", "val", "test"])?;
+            // Validation: the held-out domains' `val` utterances (`eval` uses their `test`).
+            let val = intents::load(data, clinc::Domains::HeldOut, &["val"])?;
+            return Ok((
+                Box::new(intents::IntentTasks { data: train, n_way }),
+                Box::new(intents::IntentTasks { data: val, n_way }),
+            ));
+        }
+        _ => anyhow::bail!("unknown task family {name:?} (known: {KNOWN})"),
     };
     let held_out = held_out(name, data, &[n_way])?.remove(0);
     Ok((train, held_out))
@@ -88,8 +100,26 @@ pub fn held_out(name: &str, data: Option<&Path>, ways: &[usize]) -> anyhow::Resu
                 })
                 .collect())
         }
-        _ => anyhow::bail!("unknown task family {name:?} (known: sinusoid, omniglot)"),
+        "intents" => {
+            let test = intents::load(intents_data(data)?, clinc::Domains::HeldOut, &["test"])?;
+            Ok(ways
+                .iter()
+                .map(|&n_way| {
+                    Box::new(intents::IntentTasks {
+                        data: test.clone(),
+                        n_way,
+                    }) as Box<dyn TaskFamily>
+                })
+                .collect())
+        }
+        _ => anyhow::bail!("unknown task family {name:?} (known: {KNOWN})"),
     }
+}
+
+const KNOWN: &str = "sinusoid, omniglot, intents";
+
+fn intents_data(data: Option<&Path>) -> anyhow::Result<&Path> {
+    data.ok_or_else(|| anyhow::anyhow!("the intents family needs --data <folder with CLINC150's data_full.json>"))
 }
 
 fn omniglot_split(data: Option<&Path>, split: omniglot::Split) -> anyhow::Result<Arc<omniglot::Omniglot>> {

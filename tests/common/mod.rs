@@ -63,6 +63,7 @@ pub fn models_with_classifier() -> PathBuf {
         max_steps: 50,
         weights: "model.safetensors".into(),
         family: None,
+        encoder: None,
         description: "test classifier".into(),
     };
     let mut seed = 1u64;

