@@ -204,6 +204,42 @@ pub fn evaluate_centroid(
         .collect()
 }
 
+/// Rows "`label` − nearest-centroid": the mean and 95% CI of the per-episode
+/// accuracy difference on the same episodes (paired, so much tighter than
+/// the two rows' own intervals).
+pub fn paired_vs_centroid(
+    model: &LoadedModel,
+    label: &str,
+    fam: &dyn TaskFamily,
+    shots: &[usize],
+    spec: EvalSpec,
+    device: &Device,
+) -> anyhow::Result<Vec<EvalResult>> {
+    shots
+        .iter()
+        .map(|&k| {
+            let spec = EvalSpec { shots: k, ..spec };
+            let (_, accs) = task_losses(model, fam, spec, device)?;
+            let accs = accs.ok_or_else(|| anyhow::anyhow!("paired accuracy needs a classification model"))?;
+            let c = centroid_accuracies(fam, spec, device)?;
+            let diff: Vec<f64> = accs.iter().zip(&c).map(|(a, b)| a - b).collect();
+            let (d, ci) = mean_ci95(&diff);
+            Ok(EvalResult {
+                model: format!("{label} − nearest-centroid (paired)"),
+                shots: k,
+                steps: spec.steps,
+                tasks: spec.tasks,
+                queries: spec.queries,
+                ways: fam.n_way(),
+                mean: f64::NAN,
+                ci95: f64::NAN,
+                accuracy: Some(d),
+                accuracy_ci95: Some(ci),
+            })
+        })
+        .collect()
+}
+
 /// The model in `dir` and the baselines in `dir/baselines/*`, with labels.
 pub fn model_and_baselines(dir: &Path, device: &Device) -> anyhow::Result<Vec<(String, LoadedModel)>> {
     let mut out = vec![("metasgd".to_string(), load_model(dir, device)?)];

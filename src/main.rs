@@ -216,6 +216,14 @@ fn main() -> anyhow::Result<()> {
                         seed,
                     };
                     all.extend(metasgd::eval::evaluate_centroid(fam.as_ref(), &shots, spec, &device)?);
+                    all.extend(metasgd::eval::paired_vs_centroid(
+                        &models[0].1,
+                        &models[0].0,
+                        fam.as_ref(),
+                        &shots,
+                        spec,
+                        &device,
+                    )?);
                 }
                 for (label, m) in &models {
                     let spec = EvalSpec {

@@ -165,3 +165,32 @@ async fn bad_texts_get_422_and_the_session_is_unchanged() {
     assert_eq!(st, 200);
     assert_eq!(after, before);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn concurrent_text_requests_share_the_encoder_and_agree() {
+    let mut cfg = metasgd::server::ServeConfig::with_models(shipped_models());
+    cfg.encoder_sessions = 2;
+    cfg.threads = 2;
+    let s = std::sync::Arc::new(TestServer::start(cfg).await);
+    let support = json!({"support": {
+        "inputs": ["book me a flight", "what's the weather like", "fly me to rome", "is it raining"],
+        "labels": ["flight", "weather", "flight", "weather"]}});
+    let (st, created) = s.post("/v1/models/intents/sessions", support).await;
+    assert_eq!(st, 201, "{created}");
+    let path = format!("/v1/sessions/{}/predict", created["session_id"].as_str().unwrap());
+    let body = json!({"inputs": ["will it snow tomorrow", "a plane ticket to oslo", "sunny or cloudy?"]});
+    let (_, want) = s.post(&path, body.clone()).await;
+    let tasks: Vec<_> = (0..16)
+        .map(|_| {
+            let (s, path, body) = (s.clone(), path.clone(), body.clone());
+            tokio::spawn(async move { s.post(&path, body).await })
+        })
+        .collect();
+    for t in tasks {
+        let (st, got) = t.await.unwrap();
+        assert!(st == 200 || st == 429, "{st}: {got}");
+        if st == 200 {
+            assert_eq!(got, want);
+        }
+    }
+}

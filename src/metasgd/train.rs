@@ -153,6 +153,14 @@ fn init_theta(arch: &Architecture, rng: &mut ChaCha8Rng, device: &Device) -> any
     Ok(out)
 }
 
+/// The mean input vector over 64 meta-training tasks' support sets (its
+/// own random stream): the start of a `Features` model's `center`.
+fn mean_input(fam: &dyn TaskFamily, cfg: &TrainConfig, device: &Device) -> anyhow::Result<Tensor> {
+    let mut rng = ChaCha8Rng::seed_from_u64(cfg.seed.wrapping_add(2_000_003));
+    let ep = fam.sample(&mut rng, 64, cfg.k_support, 1, device)?;
+    Ok(ep.support_x.flatten_to(1)?.mean(0)?)
+}
+
 fn init_alpha(
     cfg: &TrainConfig,
     arch: &Architecture,
@@ -274,6 +282,9 @@ pub fn train(cfg: TrainConfig, device: &Device) -> anyhow::Result<()> {
     } else if !cfg.hidden.is_empty() || cfg.center || cfg.cosine {
         anyhow::bail!("--hidden applies to feature-vector models only");
     }
+    // Serve with the step count the model was meta-trained for.
+    manifest.default_steps = cfg.inner_steps;
+    manifest.max_steps = manifest.max_steps.max(cfg.inner_steps);
     manifest.validate().map_err(anyhow::Error::msg)?;
     let arch = manifest.architecture.clone();
     std::fs::create_dir_all(&cfg.out)?;
@@ -290,6 +301,8 @@ pub fn train(cfg: TrainConfig, device: &Device) -> anyhow::Result<()> {
         theta0 = store::load_params(init, &arch, &["theta"], device)
             .with_context(|| format!("loading --init {}", init.display()))?
             .remove(0);
+    } else if let Architecture::Features { center: true, .. } = arch {
+        theta0[0] = mean_input(fam.as_ref(), &cfg, device)?;
     }
     let (mut start, mut ema, mut elapsed0, mut adam_state) = (0u64, f64::NAN, 0.0, None);
     if cfg.resume && ckpt_meta.exists() {
