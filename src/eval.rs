@@ -61,13 +61,7 @@ pub fn task_losses(
     spec: EvalSpec,
     device: &Device,
 ) -> anyhow::Result<(Vec<f64>, Option<Vec<f64>>)> {
-    let mut rng = ChaCha8Rng::seed_from_u64(spec.seed);
-    rng.set_stream(spec.shots as u64);
-    let (mut losses, mut accs) = (Vec::new(), Vec::new());
-    let mut left = spec.tasks;
-    while left > 0 {
-        let n = left.min(fam.eval_chunk());
-        let ep = fam.sample(&mut rng, n, spec.shots, spec.queries, device)?;
+    let per_task = over_episodes(fam, spec, device, |ep| {
         let (l, a) = episode_losses(
             model.architecture(),
             model.manifest.task,
@@ -76,12 +70,33 @@ pub fn task_losses(
             ep,
             spec.steps,
         )?;
-        losses.extend(l);
-        accs.extend(a.unwrap_or_default());
-        left -= n;
-    }
+        let a = a.unwrap_or_else(|| vec![f64::NAN; l.len()]);
+        Ok(l.into_iter().zip(a).collect())
+    })?;
+    let (losses, accs): (Vec<f64>, Vec<f64>) = per_task.into_iter().unzip();
     let accs = (model.manifest.task == TaskKind::Classification).then_some(accs);
     Ok((losses, accs))
+}
+
+/// Draws `spec.tasks` episodes from the random stream `spec` fixes (so
+/// every caller at the same `spec` sees the same tasks), `fam.eval_chunk()`
+/// at a time, and collects `f`'s per-task values.
+fn over_episodes<T>(
+    fam: &dyn TaskFamily,
+    spec: EvalSpec,
+    device: &Device,
+    mut f: impl FnMut(Episode) -> anyhow::Result<Vec<T>>,
+) -> anyhow::Result<Vec<T>> {
+    let mut rng = ChaCha8Rng::seed_from_u64(spec.seed);
+    rng.set_stream(spec.shots as u64);
+    let mut out = Vec::with_capacity(spec.tasks);
+    let mut left = spec.tasks;
+    while left > 0 {
+        let n = left.min(fam.eval_chunk());
+        out.extend(f(fam.sample(&mut rng, n, spec.shots, spec.queries, device)?)?);
+        left -= n;
+    }
+    Ok(out)
 }
 
 /// Per-task query losses after `steps` first-order adaptation steps on each
@@ -127,20 +142,7 @@ pub fn evaluate(
         .map(|&k| {
             let spec = EvalSpec { shots: k, ..spec };
             let (losses, accs) = task_losses(model, fam, spec, device)?;
-            let (mean, ci95) = mean_ci95(&losses);
-            let acc = accs.map(|a| mean_ci95(&a));
-            Ok(EvalResult {
-                model: label.to_string(),
-                shots: k,
-                steps: spec.steps,
-                tasks: spec.tasks,
-                queries: spec.queries,
-                ways: fam.n_way(),
-                mean,
-                ci95,
-                accuracy: acc.map(|a| a.0),
-                accuracy_ci95: acc.map(|a| a.1),
-            })
+            Ok(result_row(label.to_string(), fam, spec, &losses, accs.as_deref()))
         })
         .collect()
 }
@@ -150,13 +152,7 @@ pub fn evaluate(
 /// query takes the class of the nearest prototype (Euclidean). Draws the
 /// same tasks as [`task_losses`] at the same `spec`.
 pub fn centroid_accuracies(fam: &dyn TaskFamily, spec: EvalSpec, device: &Device) -> anyhow::Result<Vec<f64>> {
-    let mut rng = ChaCha8Rng::seed_from_u64(spec.seed);
-    rng.set_stream(spec.shots as u64);
-    let mut accs = Vec::new();
-    let mut left = spec.tasks;
-    while left > 0 {
-        let n = left.min(fam.eval_chunk());
-        let ep = fam.sample(&mut rng, n, spec.shots, spec.queries, device)?;
+    over_episodes(fam, spec, device, |ep| {
         let (Target::OneHot(s1), Target::OneHot(q1)) = (&ep.support_t, &ep.query_t) else {
             anyhow::bail!("nearest-centroid needs a classification family");
         };
@@ -170,10 +166,31 @@ pub fn centroid_accuracies(fam: &dyn TaskFamily, spec: EvalSpec, device: &Device
         let d = pp.broadcast_sub(&qp.affine(2.0, 0.0)?)?;
         let pred = d.argmin(D::Minus1)?;
         let truth = q1.argmax(D::Minus1)?;
-        accs.extend(pred.eq(&truth)?.to_dtype(DType::F64)?.mean(1)?.to_vec1::<f64>()?);
-        left -= n;
+        Ok(pred.eq(&truth)?.to_dtype(DType::F64)?.mean(1)?.to_vec1::<f64>()?)
+    })
+}
+
+/// A result row: the mean and 95% CI of per-task losses (none for a
+/// baseline or a paired difference) and of accuracies.
+fn result_row(label: String, fam: &dyn TaskFamily, spec: EvalSpec, losses: &[f64], accs: Option<&[f64]>) -> EvalResult {
+    let (mean, ci95) = if losses.is_empty() {
+        (f64::NAN, f64::NAN)
+    } else {
+        mean_ci95(losses)
+    };
+    let acc = accs.map(mean_ci95);
+    EvalResult {
+        model: label,
+        shots: spec.shots,
+        steps: spec.steps,
+        tasks: spec.tasks,
+        queries: spec.queries,
+        ways: fam.n_way(),
+        mean,
+        ci95,
+        accuracy: acc.map(|a| a.0),
+        accuracy_ci95: acc.map(|a| a.1),
     }
-    Ok(accs)
 }
 
 /// The nearest-centroid baseline as result rows, one per shot count.
@@ -186,20 +203,13 @@ pub fn evaluate_centroid(
     shots
         .iter()
         .map(|&k| {
-            let spec = EvalSpec { shots: k, ..spec };
-            let (acc, ci) = mean_ci95(&centroid_accuracies(fam, spec, device)?);
-            Ok(EvalResult {
-                model: "nearest-centroid".into(),
+            let spec = EvalSpec {
                 shots: k,
                 steps: 0,
-                tasks: spec.tasks,
-                queries: spec.queries,
-                ways: fam.n_way(),
-                mean: f64::NAN,
-                ci95: f64::NAN,
-                accuracy: Some(acc),
-                accuracy_ci95: Some(ci),
-            })
+                ..spec
+            };
+            let acc = centroid_accuracies(fam, spec, device)?;
+            Ok(result_row("nearest-centroid".into(), fam, spec, &[], Some(&acc)))
         })
         .collect()
 }
@@ -223,19 +233,13 @@ pub fn paired_vs_centroid(
             let accs = accs.ok_or_else(|| anyhow::anyhow!("paired accuracy needs a classification model"))?;
             let c = centroid_accuracies(fam, spec, device)?;
             let diff: Vec<f64> = accs.iter().zip(&c).map(|(a, b)| a - b).collect();
-            let (d, ci) = mean_ci95(&diff);
-            Ok(EvalResult {
-                model: format!("{label} − nearest-centroid (paired)"),
-                shots: k,
-                steps: spec.steps,
-                tasks: spec.tasks,
-                queries: spec.queries,
-                ways: fam.n_way(),
-                mean: f64::NAN,
-                ci95: f64::NAN,
-                accuracy: Some(d),
-                accuracy_ci95: Some(ci),
-            })
+            Ok(result_row(
+                format!("{label} − nearest-centroid (paired)"),
+                fam,
+                spec,
+                &[],
+                Some(&diff),
+            ))
         })
         .collect()
 }

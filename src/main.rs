@@ -206,15 +206,15 @@ fn main() -> anyhow::Result<()> {
             let mut all = Vec::new();
             let classification = models[0].1.manifest.task == metasgd::model::TaskKind::Classification;
             let ways = if classification { ways } else { vec![0] };
+            let spec = EvalSpec {
+                shots: 0,
+                steps,
+                tasks,
+                queries,
+                seed,
+            };
             for fam in held_out(&fam_name, data.as_deref(), &ways)? {
                 if centroid && classification {
-                    let spec = EvalSpec {
-                        shots: 0,
-                        steps,
-                        tasks,
-                        queries,
-                        seed,
-                    };
                     all.extend(metasgd::eval::evaluate_centroid(fam.as_ref(), &shots, spec, &device)?);
                     all.extend(metasgd::eval::paired_vs_centroid(
                         &models[0].1,
@@ -226,13 +226,6 @@ fn main() -> anyhow::Result<()> {
                     )?);
                 }
                 for (label, m) in &models {
-                    let spec = EvalSpec {
-                        shots: 0,
-                        steps,
-                        tasks,
-                        queries,
-                        seed,
-                    };
                     all.extend(evaluate(m, label, fam.as_ref(), &shots, spec, &device)?);
                     if zero_steps {
                         let unadapted = EvalSpec { steps: 0, ..spec };

@@ -151,13 +151,16 @@ pub struct HttpRun {
     pub errors: usize,
 }
 
-pub async fn over_http(
-    cfg: ServeConfig,
-    model: &str,
-    concurrency: &[usize],
-    duration: Duration,
-) -> anyhow::Result<Vec<HttpRun>> {
-    let state = build_state(&cfg)?;
+/// A server on an ephemeral loopback port, once ready: its base URL, the
+/// sender that stops it, and its task.
+pub(crate) async fn start_server(
+    cfg: &ServeConfig,
+) -> anyhow::Result<(
+    String,
+    tokio::sync::oneshot::Sender<()>,
+    tokio::task::JoinHandle<anyhow::Result<()>>,
+)> {
+    let state = build_state(cfg)?;
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
     let base = format!("http://{}", listener.local_addr()?);
     let (tx, rx) = tokio::sync::oneshot::channel::<()>();
@@ -167,6 +170,16 @@ pub async fn over_http(
     while !state.is_ready() {
         tokio::time::sleep(Duration::from_millis(10)).await;
     }
+    Ok((base, tx, server))
+}
+
+pub async fn over_http(
+    cfg: ServeConfig,
+    model: &str,
+    concurrency: &[usize],
+    duration: Duration,
+) -> anyhow::Result<Vec<HttpRun>> {
+    let (base, tx, server) = start_server(&cfg).await?;
     let client = reqwest::Client::builder().pool_max_idle_per_host(64).build()?;
     let queries: Vec<[f32; 1]> = (0..100).map(|i| [-5.0 + i as f32 * 0.1]).collect();
     let mut runs = vec![];

@@ -2,7 +2,7 @@
 //! creating a 10-intent 5-shot session and of predicting, in-process and
 //! over HTTP.
 
-use std::time::{Duration, Instant};
+use std::time::Instant;
 
 use candle_core::Device;
 use serde_json::json;
@@ -10,7 +10,7 @@ use serde_json::json;
 use super::{summarize, time_it, Summary};
 use crate::server::state::ServedModel;
 use crate::server::validate::{Inputs, ValidLabels, ValidSupport};
-use crate::server::{build_state, engine, serve, ServeConfig};
+use crate::server::{engine, ServeConfig};
 
 const TOPICS: [&str; 10] = [
     "book a flight to",
@@ -95,16 +95,7 @@ pub fn in_process(served: &ServedModel, dev: &Device, iters: usize) -> anyhow::R
 /// Over HTTP (loopback), one client: create a 10-intent 5-shot session, then
 /// predict 1 and 32 texts, `iters` times; prints a Markdown table.
 pub async fn over_http(cfg: ServeConfig, model: &str, iters: usize) -> anyhow::Result<()> {
-    let state = build_state(&cfg)?;
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
-    let base = format!("http://{}", listener.local_addr()?);
-    let (tx, rx) = tokio::sync::oneshot::channel::<()>();
-    let server = tokio::spawn(serve(listener, state.clone(), cfg.max_body_bytes, async move {
-        let _ = rx.await;
-    }));
-    while !state.is_ready() {
-        tokio::time::sleep(Duration::from_millis(10)).await;
-    }
+    let (base, tx, server) = super::start_server(&cfg).await?;
     let client = reqwest::Client::new();
     let (texts, labels) = support(10, 5);
     let body = json!({"support": {"inputs": texts, "labels": labels}});

@@ -3,7 +3,7 @@
 use std::path::Path;
 use std::sync::Arc;
 
-use candle_core::{Device, Result, Tensor};
+use candle_core::{Device, Result};
 use rand::seq::index::sample;
 use rand_chacha::ChaCha8Rng;
 
@@ -11,7 +11,7 @@ use super::clinc::{self, Domains, IntentData};
 use super::TaskFamily;
 use crate::encoder::{minilm, Encoder, EncoderOptions};
 use crate::metasgd::Episode;
-use crate::model::{Architecture, InputKind, InputSpec, Manifest, Target, TaskKind};
+use crate::model::{Architecture, InputKind, InputSpec, Manifest, TaskKind};
 
 /// Embeddings (unit length) are scaled to this length before the head.
 pub const FEATURE_SCALE: f64 = 10.0;
@@ -83,13 +83,7 @@ impl TaskFamily for IntentTasks {
                 }
             }
         }
-        let (ns, nq) = (n * k_support, n * k_query);
-        Ok(Episode {
-            support_x: Tensor::from_vec(sx, (tasks, ns, d), device)?,
-            support_t: Target::OneHot(Tensor::from_vec(sy, (tasks, ns, n), device)?),
-            query_x: Tensor::from_vec(qx, (tasks, nq, d), device)?,
-            query_t: Target::OneHot(Tensor::from_vec(qy, (tasks, nq, n), device)?),
-        })
+        Episode::classification(tasks, n, d, (sx, sy), (qx, qy), device)
     }
 
     fn eval_chunk(&self) -> usize {

@@ -12,14 +12,14 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 use anyhow::{bail, Context};
-use candle_core::{Device, Result, Tensor};
+use candle_core::{Device, Result};
 use rand::seq::index::sample;
 use rand_chacha::ChaCha8Rng;
 
 use super::TaskFamily;
 use crate::images::{ink_image, rotate, PIXELS, SIDE};
 use crate::metasgd::Episode;
-use crate::model::{Architecture, InputKind, InputSpec, Manifest, Target, TaskKind};
+use crate::model::{Architecture, InputKind, InputSpec, Manifest, TaskKind};
 
 /// The two halves of the release.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -242,13 +242,7 @@ impl TaskFamily for OmniglotTasks {
             stack(&self.data, &task, true, &mut sx, &mut sy);
             stack(&self.data, &task, false, &mut qx, &mut qy);
         }
-        let (n, ns, nq) = (self.n_way, self.n_way * k_support, self.n_way * k_query);
-        Ok(Episode {
-            support_x: Tensor::from_vec(sx, (tasks, ns, PIXELS), device)?,
-            support_t: Target::OneHot(Tensor::from_vec(sy, (tasks, ns, n), device)?),
-            query_x: Tensor::from_vec(qx, (tasks, nq, PIXELS), device)?,
-            query_t: Target::OneHot(Tensor::from_vec(qy, (tasks, nq, n), device)?),
-        })
+        Episode::classification(tasks, self.n_way, PIXELS, (sx, sy), (qx, qy), device)
     }
 
     fn eval_chunk(&self) -> usize {
