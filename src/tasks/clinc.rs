@@ -139,7 +139,7 @@ fn write_cache(path: &Path, e: &[f32], n: usize, dim: usize) -> anyhow::Result<(
     let t = Tensor::from_slice(e, (n, dim), &Device::Cpu)?;
     let dir = path.parent().context("cache path")?;
     std::fs::create_dir_all(dir).with_context(|| format!("cannot create {}", dir.display()))?;
-    let tmp = path.with_extension(format!("{}.tmp", std::process::id()));
+    let tmp = crate::fetch::temp_path(path);
     candle_core::safetensors::save(&HashMap::from([("embeddings".to_string(), t)]), &tmp)?;
     std::fs::rename(&tmp, path)?;
     Ok(())
