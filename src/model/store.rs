@@ -29,7 +29,8 @@ pub struct LoadedModel {
     pub manifest: Manifest,
     pub theta: Vec<Tensor>,
     pub alpha: Vec<Tensor>,
-    /// Hex SHA-256 of θ and α (names, shapes and f32 bytes).
+    /// Hex SHA-256 of the architecture, the encoder spec (with its files'
+    /// pinned hashes), and θ and α (names, shapes and f32 bytes).
     pub version: String,
     pub dir: PathBuf,
 }
@@ -125,7 +126,7 @@ pub fn load_model(dir: &Path, device: &Device) -> Result<LoadedModel, ModelError
     if let Some(extra) = tensors.keys().next() {
         return Err(werr(format!("unexpected tensor {extra}")));
     }
-    let version = digest(&manifest.architecture, &theta, &alpha).map_err(|e| werr(e.to_string()))?;
+    let version = digest(&manifest, &theta, &alpha).map_err(|e| werr(e.to_string()))?;
     let model = LoadedModel {
         manifest,
         theta,
@@ -201,8 +202,15 @@ pub fn load_params(
 }
 
 /// Hex SHA-256 over names, shapes and f32 little-endian bytes of θ then α.
-pub fn digest(arch: &Architecture, theta: &[Tensor], alpha: &[Tensor]) -> candle_core::Result<String> {
+pub fn digest(manifest: &Manifest, theta: &[Tensor], alpha: &[Tensor]) -> candle_core::Result<String> {
+    let arch = &manifest.architecture;
     let mut h = Sha256::new();
+    // What else decides predictions: the architecture's settings (a cosine
+    // head has the same tensors as a plain one) and the encoder.
+    h.update(serde_json::to_vec(arch).unwrap_or_default());
+    if let Some(enc) = &manifest.encoder {
+        h.update(serde_json::to_vec(enc).unwrap_or_default());
+    }
     for (prefix, ts) in [("theta", theta), ("alpha", alpha)] {
         for (spec, t) in arch.params().iter().zip(ts) {
             h.update(format!("{prefix}.{}:{:?};", spec.name, t.dims()).as_bytes());
@@ -212,4 +220,29 @@ pub fn digest(arch: &Architecture, theta: &[Tensor], alpha: &[Tensor]) -> candle
         }
     }
     Ok(hex::encode(h.finalize()))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use candle_core::Device;
+
+    #[test]
+    fn version_changes_with_the_head_kind_and_the_encoder_not_only_the_weights() {
+        let mut m: Manifest = serde_json::from_str(include_str!("../../models/intents/manifest.json")).unwrap();
+        let ps = m.architecture.params();
+        let t: Vec<Tensor> = ps
+            .iter()
+            .map(|p| Tensor::ones(p.shape.as_slice(), DType::F32, &Device::Cpu).unwrap())
+            .collect();
+        let v0 = digest(&m, &t, &t).unwrap();
+        assert_eq!(v0, digest(&m, &t, &t).unwrap());
+        if let Architecture::Features { cosine, .. } = &mut m.architecture {
+            *cosine = !*cosine;
+        }
+        let v1 = digest(&m, &t, &t).unwrap();
+        assert_ne!(v0, v1);
+        m.encoder.as_mut().unwrap().max_tokens = 128;
+        assert_ne!(v1, digest(&m, &t, &t).unwrap());
+    }
 }
