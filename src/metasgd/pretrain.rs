@@ -23,7 +23,8 @@ use serde::{Deserialize, Serialize};
 
 use super::adam::Adam;
 use crate::images::{rotate, PIXELS, SIDE};
-use crate::model::conv::{conv3x3, linear, max_pool2, to_features, to_images};
+use crate::model::conv::{conv3x3, max_pool2, to_features, to_images};
+use crate::model::layers::linear;
 use crate::model::{store, Architecture};
 use crate::tasks::omniglot::{Omniglot, OmniglotTasks, Split};
 

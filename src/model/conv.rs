@@ -15,7 +15,7 @@
 //! is used only in supervised pre-training and is then folded into each
 //! convolution's weight and bias (fixed statistics; see `metasgd::pretrain`).
 
-use candle_core::{DType, Result, Tensor, D};
+use candle_core::{DType, Result, Tensor};
 
 /// 3×3 convolution with padding 1. `h` is `[T, C, N, H, W]`; `w` is
 /// `[O, C, 3, 3]` (shared) or `[T, O, C, 3, 3]` (per task); `b` is `[O]` or `[T, O]`.
@@ -97,19 +97,11 @@ pub fn body(params: &[Tensor], x: &Tensor, channels: usize, side: usize) -> Resu
 /// head's step sizes are of order 1 rather than 100 (Adam moves α by about
 /// its learning rate per iteration, whatever α's scale).
 pub fn l2_normalize(f: &Tensor) -> Result<Tensor> {
-    let norm = f.sqr()?.sum_keepdim(D::Minus1)?.affine(1.0, 1e-12)?.sqrt()?;
-    f.broadcast_div(&norm)?.affine(FEATURE_NORM, 0.0)
+    super::layers::unit_rows(f)?.affine(FEATURE_NORM, 0.0)
 }
 
 /// Length of the feature vector the head sees.
 pub const FEATURE_NORM: f64 = 8.0;
-
-/// `y = f·Wᵀ + b` with `f` `[T, N, F]`, `W` `[n, F]` or `[T, n, F]`, `b` `[n]` or `[T, n]`.
-pub fn linear(f: &Tensor, w: &Tensor, b: &Tensor) -> Result<Tensor> {
-    let y = f.broadcast_matmul(&w.transpose(D::Minus1, D::Minus2)?)?;
-    let b = if b.rank() == 2 { b.unsqueeze(1)? } else { b.clone() };
-    y.broadcast_add(&b)
-}
 
 #[cfg(test)]
 mod tests {

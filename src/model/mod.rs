@@ -8,12 +8,15 @@
 pub mod conv;
 mod cpu_op;
 pub mod im2col;
+pub mod layers;
 pub mod manifest;
 pub mod pool;
 pub mod store;
 
 use candle_core::{Result, Tensor, D};
 use serde::{Deserialize, Serialize};
+
+use layers::{linear, per_task_rows, unit_rows};
 
 pub use manifest::{InputKind, InputSpec, Manifest, TaskKind};
 pub use store::{load_model, save_model, LoadedModel, ModelError};
@@ -229,7 +232,7 @@ impl Architecture {
         match self {
             Architecture::Conv4 { channels, side, .. } => {
                 let f = conv::l2_normalize(&conv::body(&params[..8], x, *channels, *side)?)?;
-                conv::linear(&f, &params[8], &params[9])
+                linear(&f, &params[8], &params[9])
             }
             Architecture::Features {
                 hidden,
@@ -239,16 +242,13 @@ impl Architecture {
                 ..
             } => {
                 let (mut h, params) = if *center {
-                    (
-                        unit_rows(&x.broadcast_sub(&unsqueeze_task(&params[0], x)?)?)?,
-                        &params[1..],
-                    )
+                    (unit_rows(&x.broadcast_sub(&per_task_rows(&params[0])?)?)?, &params[1..])
                 } else {
                     (x.clone(), params)
                 };
                 let l = hidden.len();
                 for i in 0..l {
-                    h = conv::linear(&h, &params[2 * i], &params[2 * i + 1])?.relu()?;
+                    h = linear(&h, &params[2 * i], &params[2 * i + 1])?.relu()?;
                 }
                 let (w, b) = (&params[2 * l], &params[2 * l + 1]);
                 let (h, w) = if *cosine {
@@ -256,17 +256,13 @@ impl Architecture {
                 } else {
                     (h, w.clone())
                 };
-                conv::linear(&h.affine(*scale, 0.0)?, &w, b)
+                linear(&h.affine(*scale, 0.0)?, &w, b)
             }
             Architecture::Mlp { sizes } => {
                 let layers = sizes.len() - 1;
                 let mut h = x.clone();
                 for l in 0..layers {
-                    let (w, b) = (&params[2 * l], &params[2 * l + 1]);
-                    h = h.broadcast_matmul(&w.t()?)?;
-                    // A per-task bias is [T, out]; it adds to [T, N, out] as [T, 1, out].
-                    let b = if b.rank() == 2 { b.unsqueeze(1)? } else { b.clone() };
-                    h = h.broadcast_add(&b)?;
+                    h = linear(&h, &params[2 * l], &params[2 * l + 1])?;
                     if l + 1 < layers {
                         h = h.relu()?;
                     }
@@ -274,21 +270,6 @@ impl Architecture {
                 Ok(h)
             }
         }
-    }
-}
-
-/// Each row (last dimension) divided by its L2 norm.
-fn unit_rows(v: &Tensor) -> Result<Tensor> {
-    v.broadcast_div(&(v.sqr()?.sum_keepdim(D::Minus1)? + 1e-12)?.sqrt()?)
-}
-
-/// A vector parameter `[d]` (shared) or `[T, d]` (per task) shaped to
-/// broadcast against `[T, N, d]` inputs.
-fn unsqueeze_task(p: &Tensor, x: &Tensor) -> Result<Tensor> {
-    if p.rank() == 2 && x.rank() == 3 {
-        p.unsqueeze(1)
-    } else {
-        Ok(p.clone())
     }
 }
 
