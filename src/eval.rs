@@ -128,7 +128,8 @@ pub fn episode_losses(
     Ok((per_task.to_dtype(DType::F64)?.to_vec1::<f64>()?, acc))
 }
 
-/// Evaluates `model` at `spec`, once per shot count in `shots`.
+/// Evaluates `model` at `spec`, once per shot count in `shots`: a result
+/// row each, with the per-task accuracies behind it (classification).
 pub fn evaluate(
     model: &LoadedModel,
     label: &str,
@@ -136,13 +137,13 @@ pub fn evaluate(
     shots: &[usize],
     spec: EvalSpec,
     device: &Device,
-) -> anyhow::Result<Vec<EvalResult>> {
+) -> anyhow::Result<Vec<(EvalResult, Option<Vec<f64>>)>> {
     shots
         .iter()
         .map(|&k| {
             let spec = EvalSpec { shots: k, ..spec };
             let (losses, accs) = task_losses(model, fam, spec, device)?;
-            Ok(result_row(label.to_string(), fam, spec, &losses, accs.as_deref()))
+            Ok((result_row(label.to_string(), fam, spec, &losses, accs.as_deref()), accs))
         })
         .collect()
 }
@@ -193,13 +194,14 @@ fn result_row(label: String, fam: &dyn TaskFamily, spec: EvalSpec, losses: &[f64
     }
 }
 
-/// The nearest-centroid baseline as result rows, one per shot count.
+/// The nearest-centroid baseline as result rows, one per shot count, each
+/// with its per-task accuracies.
 pub fn evaluate_centroid(
     fam: &dyn TaskFamily,
     shots: &[usize],
     spec: EvalSpec,
     device: &Device,
-) -> anyhow::Result<Vec<EvalResult>> {
+) -> anyhow::Result<Vec<(EvalResult, Vec<f64>)>> {
     shots
         .iter()
         .map(|&k| {
@@ -209,39 +211,30 @@ pub fn evaluate_centroid(
                 ..spec
             };
             let acc = centroid_accuracies(fam, spec, device)?;
-            Ok(result_row("nearest-centroid".into(), fam, spec, &[], Some(&acc)))
+            Ok((result_row("nearest-centroid".into(), fam, spec, &[], Some(&acc)), acc))
         })
         .collect()
 }
 
-/// Rows "`label` − nearest-centroid": the mean and 95% CI of the per-episode
-/// accuracy difference on the same episodes (paired, so much tighter than
-/// the two rows' own intervals).
-pub fn paired_vs_centroid(
-    model: &LoadedModel,
+/// The row "`label` − nearest-centroid": the mean and 95% CI of the
+/// per-episode accuracy difference on the same episodes (paired, so much
+/// tighter than the two rows' own intervals). `spec` is the model's, at
+/// one shot count.
+pub fn paired_row(
     label: &str,
     fam: &dyn TaskFamily,
-    shots: &[usize],
     spec: EvalSpec,
-    device: &Device,
-) -> anyhow::Result<Vec<EvalResult>> {
-    shots
-        .iter()
-        .map(|&k| {
-            let spec = EvalSpec { shots: k, ..spec };
-            let (_, accs) = task_losses(model, fam, spec, device)?;
-            let accs = accs.ok_or_else(|| anyhow::anyhow!("paired accuracy needs a classification model"))?;
-            let c = centroid_accuracies(fam, spec, device)?;
-            let diff: Vec<f64> = accs.iter().zip(&c).map(|(a, b)| a - b).collect();
-            Ok(result_row(
-                format!("{label} − nearest-centroid (paired)"),
-                fam,
-                spec,
-                &[],
-                Some(&diff),
-            ))
-        })
-        .collect()
+    model_accs: &[f64],
+    centroid_accs: &[f64],
+) -> EvalResult {
+    let diff: Vec<f64> = model_accs.iter().zip(centroid_accs).map(|(a, b)| a - b).collect();
+    result_row(
+        format!("{label} − nearest-centroid (paired)"),
+        fam,
+        spec,
+        &[],
+        Some(&diff),
+    )
 }
 
 /// The model in `dir` and the baselines in `dir/baselines/*`, with labels.

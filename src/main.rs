@@ -214,29 +214,34 @@ fn main() -> anyhow::Result<()> {
                 seed,
             };
             for fam in held_out(&fam_name, data.as_deref(), &ways)? {
-                if centroid && classification {
-                    all.extend(metasgd::eval::evaluate_centroid(fam.as_ref(), &shots, spec, &device)?);
-                    all.extend(metasgd::eval::paired_vs_centroid(
-                        &models[0].1,
-                        &models[0].0,
-                        fam.as_ref(),
-                        &shots,
-                        spec,
-                        &device,
-                    )?);
-                }
-                for (label, m) in &models {
-                    all.extend(evaluate(m, label, fam.as_ref(), &shots, spec, &device)?);
+                let centroid_rows = if centroid && classification {
+                    metasgd::eval::evaluate_centroid(fam.as_ref(), &shots, spec, &device)?
+                } else {
+                    Vec::new()
+                };
+                all.extend(centroid_rows.iter().map(|(r, _)| r.clone()));
+                for (i, (label, m)) in models.iter().enumerate() {
+                    let rows = evaluate(m, label, fam.as_ref(), &shots, spec, &device)?;
+                    if i == 0 {
+                        // The model's own accuracies against the centroid's, same episodes.
+                        for ((r, accs), (_, c)) in rows.iter().zip(&centroid_rows) {
+                            let at = EvalSpec { shots: r.shots, ..spec };
+                            let accs = accs.as_deref().context("a classification model has accuracies")?;
+                            all.push(metasgd::eval::paired_row(label, fam.as_ref(), at, accs, c));
+                        }
+                    }
+                    all.extend(rows.into_iter().map(|(r, _)| r));
                     if zero_steps {
                         let unadapted = EvalSpec { steps: 0, ..spec };
-                        all.extend(evaluate(
+                        let rows = evaluate(
                             m,
                             &format!("{label} (0 steps)"),
                             fam.as_ref(),
                             &shots,
                             unadapted,
                             &device,
-                        )?);
+                        )?;
+                        all.extend(rows.into_iter().map(|(r, _)| r));
                     }
                 }
             }
