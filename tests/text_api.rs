@@ -11,7 +11,7 @@ use serde_json::{json, Value};
 
 /// Five travel intents and, per intent, its first 10 test utterances.
 fn examples(dir: &std::path::Path) -> Vec<(String, Vec<String>)> {
-    let utt = utterances(dir, Domains::HeldOut, &["test"]).unwrap();
+    let utt = utterances(dir, &[(Domains::HeldOut, &["test"])]).unwrap().remove(0);
     [
         "book_flight",
         "book_hotel",

@@ -23,9 +23,8 @@ pub struct IntentData {
     pub dim: usize,
     /// Intent names, sorted.
     pub intents: Vec<String>,
-    /// Per intent: its utterances' rows in `texts` and `embeddings`.
+    /// Per intent: its utterances' rows in `embeddings`.
     pub rows: Vec<Vec<usize>>,
-    pub texts: Vec<String>,
     /// Row-major `[texts, dim]`.
     pub embeddings: Vec<f32>,
 }
@@ -43,9 +42,12 @@ pub enum Domains {
     HeldOut,
 }
 
-/// The utterances of `domains`' intents in the given splits of
-/// `data_full.json` (`train`, `val`, `test`), as `(text, intent)`.
-pub fn utterances(dir: &Path, domains: Domains, splits: &[&str]) -> anyhow::Result<Vec<(String, String)>> {
+/// One set of utterances: the intents of some domains, in some splits of
+/// `data_full.json` (`train`, `val`, `test`).
+pub type Set<'a> = (Domains, &'a [&'a str]);
+
+/// The utterances of each set, as `(text, intent)`, reading the files once.
+pub fn utterances(dir: &Path, sets: &[Set]) -> anyhow::Result<Vec<Vec<(String, String)>>> {
     let read = |name: &str| -> anyhow::Result<serde_json::Value> {
         let p = dir.join(name);
         let text = std::fs::read_to_string(&p).with_context(|| {
@@ -61,22 +63,26 @@ pub fn utterances(dir: &Path, domains: Domains, splits: &[&str]) -> anyhow::Resu
     for d in HELD_OUT_DOMAINS {
         anyhow::ensure!(doms.contains_key(d), "domains.json has no domain {d:?}");
     }
-    let keep: Vec<&String> = doms
-        .iter()
-        .filter(|(d, _)| HELD_OUT_DOMAINS.contains(&d.as_str()) == (domains == Domains::HeldOut))
-        .flat_map(|(_, intents)| intents)
-        .collect();
     let full: HashMap<String, Vec<(String, String)>> = serde_json::from_value(read("data_full.json")?)
         .context("data_full.json: expected {split: [[text, intent], ...]}")?;
-    let mut out = Vec::new();
-    for s in splits {
-        let rows = full
-            .get(*s)
-            .with_context(|| format!("data_full.json has no split {s:?}"))?;
-        out.extend(rows.iter().filter(|(_, i)| keep.contains(&i)).cloned());
-    }
-    anyhow::ensure!(!out.is_empty(), "no utterances for {domains:?} in {splits:?}");
-    Ok(out)
+    sets.iter()
+        .map(|&(domains, splits)| {
+            let keep: Vec<&String> = doms
+                .iter()
+                .filter(|(d, _)| HELD_OUT_DOMAINS.contains(&d.as_str()) == (domains == Domains::HeldOut))
+                .flat_map(|(_, intents)| intents)
+                .collect();
+            let mut out = Vec::new();
+            for s in splits {
+                let rows = full
+                    .get(*s)
+                    .with_context(|| format!("data_full.json has no split {s:?}"))?;
+                out.extend(rows.iter().filter(|(_, i)| keep.contains(&i)).cloned());
+            }
+            anyhow::ensure!(!out.is_empty(), "no utterances for {domains:?} in {splits:?}");
+            Ok(out)
+        })
+        .collect()
 }
 
 /// Embeds `utterances` with `encoder`, reading and writing a cache file
@@ -108,7 +114,6 @@ pub fn embed(utterances: Vec<(String, String)>, encoder: &Encoder, cache: &Path)
         dim,
         intents: by_intent.keys().cloned().collect(),
         rows: by_intent.into_values().collect(),
-        texts,
         embeddings,
     })
 }

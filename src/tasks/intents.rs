@@ -7,7 +7,7 @@ use candle_core::{Device, Result};
 use rand::seq::index::sample;
 use rand_chacha::ChaCha8Rng;
 
-use super::clinc::{self, Domains, IntentData};
+use super::clinc::{self, IntentData};
 use super::TaskFamily;
 use crate::encoder::{minilm, Encoder, EncoderOptions};
 use crate::metasgd::Episode;
@@ -27,15 +27,17 @@ pub struct IntentTasks {
     pub n_way: usize,
 }
 
-/// The embedded utterances of `domains` in `splits`, with the shipped encoder.
-pub fn load(data: &Path, domains: Domains, splits: &[&str]) -> anyhow::Result<Arc<IntentData>> {
+/// The embedded utterances of each set, with the shipped encoder (loaded once).
+pub fn load(data: &Path, sets: &[clinc::Set]) -> anyhow::Result<Vec<Arc<IntentData>>> {
     let opts = EncoderOptions {
         threads: std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1),
         ..Default::default()
     };
     let encoder = Encoder::load(&minilm::spec(), Path::new("."), &opts)?;
-    let utt = clinc::utterances(data, domains, splits)?;
-    Ok(Arc::new(clinc::embed(utt, &encoder, &opts.cache)?))
+    clinc::utterances(data, sets)?
+        .into_iter()
+        .map(|utt| Ok(Arc::new(clinc::embed(utt, &encoder, &opts.cache)?)))
+        .collect()
 }
 
 impl TaskFamily for IntentTasks {

@@ -64,14 +64,17 @@ pub fn families(
             rotations: true,
         }),
         "intents" => {
-            let data = intents_data(data)?;
-            let train = intents::load(data, clinc::Domains::Training, &["train", "val", "test"])?;
             // Validation: the held-out domains' `val` utterances (`eval` uses their `test`).
-            let val = intents::load(data, clinc::Domains::HeldOut, &["val"])?;
-            return Ok((
-                Box::new(intents::IntentTasks { data: train, n_way }),
-                Box::new(intents::IntentTasks { data: val, n_way }),
-            ));
+            let sets = intents::load(
+                intents_data(data)?,
+                &[
+                    (clinc::Domains::Training, &["train", "val", "test"]),
+                    (clinc::Domains::HeldOut, &["val"]),
+                ],
+            )?;
+            let [train, val] = <[_; 2]>::try_from(sets).map_err(|_| anyhow::anyhow!("two sets were asked for"))?;
+            let val = Box::new(intents::IntentTasks { data: val, n_way });
+            return Ok((Box::new(intents::IntentTasks { data: train, n_way }), val));
         }
         _ => anyhow::bail!("unknown task family {name:?} (known: {KNOWN})"),
     };
@@ -101,7 +104,7 @@ pub fn held_out(name: &str, data: Option<&Path>, ways: &[usize]) -> anyhow::Resu
                 .collect())
         }
         "intents" => {
-            let test = intents::load(intents_data(data)?, clinc::Domains::HeldOut, &["test"])?;
+            let test = intents::load(intents_data(data)?, &[(clinc::Domains::HeldOut, &["test"])])?.remove(0);
             Ok(ways
                 .iter()
                 .map(|&n_way| {
