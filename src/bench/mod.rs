@@ -10,6 +10,7 @@ use serde_json::json;
 
 mod text;
 
+use crate::server::state::AppState;
 use crate::server::state::ServedModel;
 use crate::server::validate::{Inputs, ValidLabels, ValidSupport};
 use crate::server::{build_state, engine, serve, ServeConfig};
@@ -107,8 +108,7 @@ fn image_in_process(model: &ServedModel, dev: &Device, iters: usize) -> anyhow::
 
 /// In-process: adapt with K=10 for 1 and 5 steps, predict 100 inputs
 /// (image models: see [`image_in_process`]).
-pub fn in_process(cfg: &ServeConfig, model: &str, iters: usize) -> anyhow::Result<Vec<(String, Summary)>> {
-    let state = build_state(cfg)?;
+pub fn in_process(state: &AppState, model: &str, iters: usize) -> anyhow::Result<Vec<(String, Summary)>> {
     let served = state.model(model).map_err(|e| anyhow::anyhow!("{e}"))?;
     let dev: Device = state.device.clone();
     match served.model.manifest.input.kind {
@@ -154,17 +154,17 @@ pub struct HttpRun {
 /// A server on an ephemeral loopback port, once ready: its base URL, the
 /// sender that stops it, and its task.
 pub(crate) async fn start_server(
-    cfg: &ServeConfig,
+    state: AppState,
+    max_body_bytes: usize,
 ) -> anyhow::Result<(
     String,
     tokio::sync::oneshot::Sender<()>,
     tokio::task::JoinHandle<anyhow::Result<()>>,
 )> {
-    let state = build_state(cfg)?;
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
     let base = format!("http://{}", listener.local_addr()?);
     let (tx, rx) = tokio::sync::oneshot::channel::<()>();
-    let server = tokio::spawn(serve(listener, state.clone(), cfg.max_body_bytes, async move {
+    let server = tokio::spawn(serve(listener, state.clone(), max_body_bytes, async move {
         let _ = rx.await;
     }));
     while !state.is_ready() {
@@ -174,12 +174,13 @@ pub(crate) async fn start_server(
 }
 
 pub async fn over_http(
-    cfg: ServeConfig,
+    state: AppState,
+    max_body_bytes: usize,
     model: &str,
     concurrency: &[usize],
     duration: Duration,
 ) -> anyhow::Result<Vec<HttpRun>> {
-    let (base, tx, server) = start_server(&cfg).await?;
+    let (base, tx, server) = start_server(state, max_body_bytes).await?;
     let client = reqwest::Client::builder().pool_max_idle_per_host(64).build()?;
     let queries: Vec<[f32; 1]> = (0..100).map(|i| [-5.0 + i as f32 * 0.1]).collect();
     let mut runs = vec![];
@@ -256,26 +257,30 @@ pub fn run(cfg: ServeConfig, model: &str, iters: usize, seconds: u64) -> anyhow:
         cfg.device, cfg.threads
     );
     println!("| operation | mean ms | p50 ms | p99 ms |\n|---|---|---|---|");
-    for (name, s) in in_process(&cfg, model, iters)? {
+    let state = build_state(&cfg)?;
+    for (name, s) in in_process(&state, model, iters)? {
         println!("| {name} | {:.3} | {:.3} | {:.3} |", s.mean, s.p50, s.p99);
     }
-    let state = build_state(&cfg)?;
-    let served = state.model(model).map_err(|e| anyhow::anyhow!("{e}"))?;
-    let text = served.model.manifest.input.kind == crate::model::InputKind::Text;
-    drop((served, state));
+    let manifest = &state.model(model).map_err(|e| anyhow::anyhow!("{e}"))?.model.manifest;
+    let (text, regression) = (
+        manifest.input.kind == crate::model::InputKind::Text,
+        manifest.task == crate::model::TaskKind::Regression,
+    );
+    let rt = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;
     if text {
-        let rt = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;
-        return rt.block_on(text::over_http(cfg, model, iters.min(200)));
+        return rt.block_on(text::over_http(state, cfg.max_body_bytes, model, iters.min(200)));
     }
-    let state = build_state(&cfg)?;
-    let served = state.model(model).map_err(|e| anyhow::anyhow!("{e}"))?;
-    if served.model.manifest.task != crate::model::TaskKind::Regression {
+    if !regression {
         println!("\n(the HTTP load test drives the sinusoid regression model only)");
         return Ok(());
     }
-    drop(state);
-    let rt = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;
-    let runs = rt.block_on(over_http(cfg, model, &[1, 8, 32], Duration::from_secs(seconds)))?;
+    let runs = rt.block_on(over_http(
+        state,
+        cfg.max_body_bytes,
+        model,
+        &[1, 8, 32],
+        Duration::from_secs(seconds),
+    ))?;
     println!("\nover HTTP (loopback), {seconds} s per level; each client loops: create session (K=10, 1 step), predict 100 inputs");
     println!("| concurrency | requests/s | create p50 ms | create p99 ms | predict p50 ms | predict p99 ms | errors |");
     println!("|---|---|---|---|---|---|---|");

@@ -8,9 +8,10 @@ use candle_core::Device;
 use serde_json::json;
 
 use super::{summarize, time_it, Summary};
+use crate::server::engine;
+use crate::server::state::AppState;
 use crate::server::state::ServedModel;
 use crate::server::validate::{Inputs, ValidLabels, ValidSupport};
-use crate::server::{engine, ServeConfig};
 
 const TOPICS: [&str; 10] = [
     "book a flight to",
@@ -94,8 +95,8 @@ pub fn in_process(served: &ServedModel, dev: &Device, iters: usize) -> anyhow::R
 
 /// Over HTTP (loopback), one client: create a 10-intent 5-shot session, then
 /// predict 1 and 32 texts, `iters` times; prints a Markdown table.
-pub async fn over_http(cfg: ServeConfig, model: &str, iters: usize) -> anyhow::Result<()> {
-    let (base, tx, server) = super::start_server(&cfg).await?;
+pub async fn over_http(state: AppState, max_body_bytes: usize, model: &str, iters: usize) -> anyhow::Result<()> {
+    let (base, tx, server) = super::start_server(state, max_body_bytes).await?;
     let client = reqwest::Client::new();
     let (texts, labels) = support(10, 5);
     let body = json!({"support": {"inputs": texts, "labels": labels}});
