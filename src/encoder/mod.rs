@@ -231,10 +231,11 @@ impl Encoder {
         }
         let mut feeds: Vec<(Cow<str>, SessionInputValue)> = Vec::new();
         for name in &self.inputs {
+            // Each input is declared once; the mask is kept for pooling.
             let data = match name.as_str() {
-                "input_ids" => ids.clone(),
+                "input_ids" => std::mem::take(&mut ids),
                 "attention_mask" => mask.clone(),
-                _ => types.clone(),
+                _ => std::mem::take(&mut types),
             };
             let t = Tensor::from_array(([b, len], data)).context("building an input tensor")?;
             feeds.push((Cow::Owned(name.clone()), t.into()));
