@@ -122,12 +122,12 @@ fn main() -> anyhow::Result<()> {
     match cli.command {
         Command::Serve(cfg) => {
             metasgd::device::set_threads(cfg.threads);
-            tracing_subscriber::fmt()
-                .with_env_filter(
-                    tracing_subscriber::EnvFilter::try_from_env("METASGD_LOG")
-                        .unwrap_or_else(|_| "info,tower_http=warn".into()),
-                )
-                .init();
+            let filter = tracing_subscriber::EnvFilter::try_from_env("METASGD_LOG").unwrap_or_else(|_| "info".into());
+            let logs = tracing_subscriber::fmt().with_env_filter(filter);
+            match cfg.log_format {
+                metasgd::server::LogFormat::Json => logs.json().with_current_span(true).init(),
+                metasgd::server::LogFormat::Text => logs.init(),
+            }
             let rt = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;
             rt.block_on(metasgd::server::run(cfg))
         }

@@ -159,7 +159,7 @@ async fn lru_bound_evicts_oldest_session() {
     assert_eq!(s.get(&format!("/v1/sessions/{}", ids[2])).await.0, 200);
     let metrics = s.text("/metrics").await;
     assert!(
-        metrics.contains("metasgd_session_evictions_total{reason=\"lru\"}"),
+        metrics.contains("metasgd_session_evictions_total{backend=\"memory\",reason=\"evicted\"}"),
         "{metrics}"
     );
     s.stop().await;

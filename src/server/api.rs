@@ -28,7 +28,7 @@ pub struct ModelList {
 }
 
 /// A few-shot support set: `inputs[i]` is labelled `labels[i]`.
-#[derive(Clone, Debug, Deserialize, Serialize)]
+#[derive(Clone, Debug, Deserialize, Serialize, PartialEq)]
 #[serde(deny_unknown_fields)]
 pub struct SupportSet {
     pub inputs: Vec<Value>,
@@ -62,6 +62,8 @@ pub struct SessionCreated {
 pub struct SessionInfo {
     pub session_id: String,
     pub model: String,
+    /// The model version the session was adapted with.
+    pub model_version: String,
     pub steps: usize,
     pub support_size: usize,
     #[serde(skip_serializing_if = "Option::is_none")]

@@ -2,10 +2,13 @@
 //! (model loading, warm-up, readiness, session sweeping, graceful shutdown).
 
 pub mod api;
+pub mod auth;
+pub mod cache;
 pub mod engine;
 pub mod error;
 pub mod json;
 pub mod metrics;
+pub mod replay;
 pub mod routes;
 pub mod sessions;
 pub mod state;
@@ -21,10 +24,14 @@ use axum::http::StatusCode;
 use axum::Router;
 use tokio::sync::Semaphore;
 use tower::ServiceBuilder;
+use tower_http::request_id::{MakeRequestUuid, PropagateRequestIdLayer, SetRequestIdLayer};
 use tower_http::timeout::TimeoutLayer;
-use tower_http::trace::TraceLayer;
+use tower_http::trace::{DefaultOnResponse, TraceLayer};
 
-use self::sessions::{MemoryStore, SessionStore};
+use self::auth::ApiKeys;
+use self::cache::AdaptedCache;
+use self::replay::{ModelChange, Sessions};
+use self::sessions::StoreLimits;
 use self::state::{load_models, AppState, Inner};
 use self::validate::Limits;
 
@@ -47,9 +54,35 @@ pub struct ServeConfig {
     /// Compute requests admitted at once, running or queued; more get 429.
     #[arg(long, env = "METASGD_MAX_CONCURRENCY", default_value_t = 64)]
     pub max_concurrency: usize,
-    /// Most sessions held; the least recently used is evicted beyond it.
+    /// Where sessions live: memory, redb:PATH (survives restarts) or
+    /// redis://HOST:PORT[/DB] (shared by replicas).
+    #[arg(long, env = "METASGD_SESSIONS", default_value = "memory")]
+    pub sessions: String,
+    /// Most sessions held in all; beyond it the least recently used
+    /// (memory) or the soonest to expire (redb, redis) is dropped.
     #[arg(long, env = "METASGD_MAX_SESSIONS", default_value_t = 10_000)]
     pub max_sessions: usize,
+    /// Most live sessions per API key; beyond it creation gets 429.
+    #[arg(long, env = "METASGD_MAX_SESSIONS_PER_KEY", default_value_t = 1_000)]
+    pub max_sessions_per_key: usize,
+    /// Memory for this replica's cache of adapted models, in MiB; a miss
+    /// replays the session's adaptation.
+    #[arg(long, env = "METASGD_MODEL_CACHE_MB", default_value_t = 256)]
+    pub model_cache_mb: usize,
+    /// When a session's model changed since it was adapted: reject (409)
+    /// or readapt (replay its support set on the new model).
+    #[arg(long, env = "METASGD_ON_MODEL_CHANGE", value_enum, default_value_t = ModelChange::Reject)]
+    pub on_model_change: ModelChange,
+    /// File of API keys, one per line (# comments). With keys set, /v1
+    /// needs `Authorization: Bearer <key>`.
+    #[arg(long, env = "METASGD_API_KEYS_FILE")]
+    pub api_keys_file: Option<PathBuf>,
+    /// API keys, comma-separated (prefer the file or the variable to the flag).
+    #[arg(long, env = "METASGD_API_KEYS", value_delimiter = ',', hide_env_values = true)]
+    pub api_keys: Vec<String>,
+    /// Require an API key for /metrics too.
+    #[arg(long, env = "METASGD_PROTECT_METRICS")]
+    pub protect_metrics: bool,
     /// Session lifetime when the request gives no `ttl_seconds`.
     #[arg(long, env = "METASGD_SESSION_TTL", default_value_t = 3600)]
     pub session_ttl: u64,
@@ -92,6 +125,18 @@ pub struct ServeConfig {
     /// Per-request compute timeout, in seconds.
     #[arg(long, env = "METASGD_REQUEST_TIMEOUT", default_value_t = 30)]
     pub request_timeout: u64,
+    /// On SIGTERM, how long requests in flight may finish before exit, in seconds.
+    #[arg(long, env = "METASGD_DRAIN_TIMEOUT", default_value_t = 30)]
+    pub drain_timeout: u64,
+    /// Log lines as text or as JSON objects.
+    #[arg(long, env = "METASGD_LOG_FORMAT", value_enum, default_value_t = LogFormat::Text)]
+    pub log_format: LogFormat,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
+pub enum LogFormat {
+    Text,
+    Json,
 }
 
 pub fn default_threads() -> usize {
@@ -124,10 +169,25 @@ pub fn build_state(cfg: &ServeConfig) -> anyhow::Result<AppState> {
         batch: cfg.encoder_batch.max(1),
     };
     let models = load_models(&cfg.models, &device, &encoder)?;
-    let sessions: Arc<dyn SessionStore> = Arc::new(MemoryStore::new(cfg.max_sessions));
+    let api_keys = ApiKeys::load(cfg.api_keys_file.as_deref(), &cfg.api_keys, cfg.protect_metrics)?;
+    let sessions = Sessions {
+        store: sessions::open(&cfg.sessions)?,
+        cache: AdaptedCache::new(cfg.model_cache_mb << 20),
+        limits: StoreLimits {
+            max_sessions: cfg.max_sessions.max(1),
+            // Without keys every session has the same (empty) owner.
+            max_per_owner: if api_keys.is_some() {
+                cfg.max_sessions_per_key
+            } else {
+                usize::MAX
+            },
+        },
+        on_model_change: cfg.on_model_change,
+    };
     Ok(AppState(Arc::new(Inner {
         models,
         sessions,
+        api_keys,
         admission: Arc::new(Semaphore::new(cfg.max_concurrency.max(1))),
         workers: Arc::new(Semaphore::new(cfg.threads.max(1))),
         ready: false.into(),
@@ -141,10 +201,13 @@ pub fn build_state(cfg: &ServeConfig) -> anyhow::Result<AppState> {
         },
         default_ttl_seconds: cfg.session_ttl,
         request_timeout: Duration::from_secs(cfg.request_timeout.max(1)),
+        drain_timeout: Duration::from_secs(cfg.drain_timeout),
     })))
 }
 
-/// The router with its middleware stack.
+/// The router with its middleware stack. From the outside in: request id
+/// (kept from `x-request-id` or made), tracing, the id echoed back, the
+/// timeout, the body limit, auth, then per-route metrics.
 pub fn app(state: AppState, max_body_bytes: usize) -> Router {
     let _ = metrics::handle();
     let timeout = state.request_timeout + Duration::from_secs(5);
@@ -156,13 +219,31 @@ pub fn app(state: AppState, max_body_bytes: usize) -> Router {
         .method_not_allowed_fallback(routes::method_not_allowed)
         .route_layer(axum::middleware::from_fn(metrics::track))
         .fallback(routes::not_found)
+        .layer(axum::middleware::from_fn_with_state(state.clone(), auth::authenticate))
         .layer(
             ServiceBuilder::new()
-                .layer(TraceLayer::new_for_http())
+                .layer(SetRequestIdLayer::x_request_id(MakeRequestUuid))
+                .layer(
+                    TraceLayer::new_for_http()
+                        .make_span_with(request_span)
+                        .on_response(DefaultOnResponse::new().level(tracing::Level::INFO)),
+                )
+                .layer(PropagateRequestIdLayer::x_request_id())
                 .layer(TimeoutLayer::with_status_code(StatusCode::SERVICE_UNAVAILABLE, timeout))
                 .layer(DefaultBodyLimit::max(max_body_bytes)),
         )
         .with_state(state)
+}
+
+/// The span of one request: method, path (never the query or the headers,
+/// which carry inputs and keys) and request id.
+fn request_span(req: &axum::http::Request<axum::body::Body>) -> tracing::Span {
+    let id = req
+        .headers()
+        .get("x-request-id")
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or("-");
+    tracing::info_span!("request", method = %req.method(), path = %req.uri().path(), request_id = %id)
 }
 
 /// Runs one adaptation and one prediction per model, then marks the state ready.
@@ -199,8 +280,9 @@ pub async fn warm_up(state: &AppState) -> anyhow::Result<()> {
     Ok(())
 }
 
-/// Serves on `listener` until `shutdown` resolves; readiness turns false
-/// first, and requests in flight finish.
+/// Serves on `listener` until `shutdown` resolves. Then readiness turns
+/// false, new connections are refused, and requests in flight get up to
+/// the drain timeout to finish.
 pub async fn serve(
     listener: tokio::net::TcpListener,
     state: AppState,
@@ -215,25 +297,40 @@ pub async fn serve(
         }
     });
     let sweep = state.clone();
-    tokio::spawn(async move {
+    let sweeper = tokio::spawn(async move {
         let mut tick = tokio::time::interval(Duration::from_secs(5));
         loop {
             tick.tick().await;
-            let removed = sweep.sessions.purge_expired();
-            metrics::sessions(sweep.sessions.len(), removed);
+            sweep.sessions.sweep().await;
             metrics::handle().run_upkeep();
         }
     });
     let on_stop = state.clone();
+    let drain = state.drain_timeout;
+    let (stopping_tx, mut stopping) = tokio::sync::watch::channel(false);
     let app = app(state, max_body_bytes);
-    axum::serve(listener, app)
-        .with_graceful_shutdown(async move {
-            shutdown.await;
-            on_stop.set_ready(false);
-            tracing::info!("shutting down: not ready, draining requests in flight");
-        })
-        .await?;
-    Ok(())
+    let graceful = axum::serve(listener, app).with_graceful_shutdown(async move {
+        shutdown.await;
+        on_stop.set_ready(false);
+        tracing::info!(
+            deadline_s = drain.as_secs(),
+            "shutting down: not ready, draining requests in flight"
+        );
+        let _ = stopping_tx.send(true);
+    });
+    let deadline = async move {
+        let _ = stopping.wait_for(|s| *s).await;
+        tokio::time::sleep(drain).await;
+    };
+    let result = tokio::select! {
+        r = std::future::IntoFuture::into_future(graceful) => r.map_err(anyhow::Error::from),
+        _ = deadline => {
+            tracing::warn!("drain deadline passed with requests still in flight; exiting");
+            Ok(())
+        }
+    };
+    sweeper.abort();
+    result
 }
 
 /// Resolves on SIGTERM or Ctrl-C.

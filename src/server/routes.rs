@@ -6,14 +6,17 @@ use axum::extract::{Path, State};
 use axum::http::{header, Method, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{delete, get, post, MethodRouter};
+use axum::Extension;
 use chrono::{SecondsFormat, Utc};
 
 use super::api::*;
+use super::auth::Owner;
 use super::engine;
 use super::error::AppError;
 use super::json::{Json, Query};
 use super::metrics;
-use super::sessions::{new_id, Session};
+use super::replay;
+use super::sessions::{new_id, Record};
 use super::state::AppState;
 use super::validate;
 
@@ -137,14 +140,16 @@ fn classes_of(v: &validate::ValidSupport) -> Option<Vec<serde_json::Value>> {
 
 async fn create_session(
     State(s): State<AppState>,
+    Extension(owner): Extension<Owner>,
     Path(model): Path<String>,
     Json(req): Json<CreateSession>,
 ) -> Result<Response, AppError> {
     let ttl = validate::ttl(req.ttl_seconds, s.default_ttl_seconds, s.limits.max_ttl_seconds)?;
     let (served, steps, valid, adapted) = adapt(&s, &model, &req.support, req.steps).await?;
     let now = Utc::now();
-    let session = Session {
+    let rec = Record {
         id: new_id(),
+        owner: owner.0,
         model: model.clone(),
         model_version: served.model.version.clone(),
         support: req.support,
@@ -152,71 +157,58 @@ async fn create_session(
         classes: classes_of(&valid),
         created_at: now,
         expires_at: now + chrono::Duration::seconds(ttl as i64),
-        params: adapted.params,
     };
+    s.sessions.insert(&rec, adapted.params).await?;
     let body = SessionCreated {
-        session_id: session.id.clone(),
+        session_id: rec.id.clone(),
         model,
         steps,
         support_size: valid.n,
-        classes: session.classes.clone(),
+        classes: rec.classes,
         loss_before: adapted.loss_before,
         loss_after: adapted.loss_after,
-        expires_at: rfc3339(session.expires_at),
+        expires_at: rfc3339(rec.expires_at),
     };
-    let removed = s.sessions.insert(session);
-    metrics::sessions(s.sessions.len(), removed);
     let location = format!("/v1/sessions/{}", body.session_id);
     Ok((StatusCode::CREATED, [(header::LOCATION, location)], Json(body)).into_response())
 }
 
-fn session(s: &AppState, id: &str) -> Result<std::sync::Arc<Session>, AppError> {
-    let (found, removed) = s.sessions.get(id);
-    if removed != Default::default() {
-        metrics::sessions(s.sessions.len(), removed);
-    }
-    found.ok_or_else(|| session_not_found(id))
-}
-
-fn session_not_found(id: &str) -> AppError {
-    AppError::not_found(
-        "session_not_found",
-        format!(
-            "session {id:?} does not exist: it expired, was evicted or deleted, or never existed; \
-             create one with POST /v1/models/{{model}}/sessions"
-        ),
-    )
-}
-
-async fn session_info(State(s): State<AppState>, Path(id): Path<String>) -> Result<Json<SessionInfo>, AppError> {
-    let sess = session(&s, &id)?;
+async fn session_info(
+    State(s): State<AppState>,
+    Extension(owner): Extension<Owner>,
+    Path(id): Path<String>,
+) -> Result<Json<SessionInfo>, AppError> {
+    let rec = s.sessions.find(&owner.0, &id).await?;
     Ok(Json(SessionInfo {
-        session_id: sess.id.clone(),
-        model: sess.model.clone(),
-        steps: sess.steps,
-        support_size: sess.support.inputs.len(),
-        classes: sess.classes.clone(),
-        created_at: rfc3339(sess.created_at),
-        expires_at: rfc3339(sess.expires_at),
+        support_size: rec.support.inputs.len(),
+        session_id: rec.id,
+        model: rec.model,
+        model_version: rec.model_version,
+        steps: rec.steps,
+        classes: rec.classes,
+        created_at: rfc3339(rec.created_at),
+        expires_at: rfc3339(rec.expires_at),
     }))
 }
 
-async fn delete_session(State(s): State<AppState>, Path(id): Path<String>) -> Result<StatusCode, AppError> {
-    if s.sessions.remove(&id) {
-        metrics::sessions(s.sessions.len(), Default::default());
-        Ok(StatusCode::NO_CONTENT)
-    } else {
-        Err(session_not_found(&id))
-    }
+async fn delete_session(
+    State(s): State<AppState>,
+    Extension(owner): Extension<Owner>,
+    Path(id): Path<String>,
+) -> Result<StatusCode, AppError> {
+    s.sessions.delete(&owner.0, &id).await?;
+    Ok(StatusCode::NO_CONTENT)
 }
 
 async fn predict_with(
     s: &AppState,
+    owner: &Owner,
     id: &str,
     inputs: Vec<serde_json::Value>,
 ) -> Result<Json<SessionPredictions>, AppError> {
-    let sess = session(s, id)?;
-    let served = s.model(&sess.model)?;
+    let rec = s.sessions.find(&owner.0, id).await?;
+    let served = replay::served(s, &rec)?;
+    // Validate the inputs before any replay.
     let flat = validate::inputs(
         &served.model.manifest,
         &inputs,
@@ -224,14 +216,15 @@ async fn predict_with(
         s.limits.max_inputs,
         &s.limits,
     )?;
+    let adapted = replay::adapted(s, &rec, &served).await?;
     let n = inputs.len();
-    let sv = sess.clone();
+    let classes = rec.classes.clone();
     let (predictions, probabilities) = s
-        .compute(move |dev| engine::predict(&served, &sv.params, sv.classes.as_deref(), &flat, n, dev))
+        .compute(move |dev| engine::predict(&served, &adapted.params, classes.as_deref(), &flat, n, dev))
         .await?;
-    metrics::predictions(&sess.model, n);
+    metrics::predictions(&rec.model, n);
     Ok(Json(SessionPredictions {
-        session_id: sess.id.clone(),
+        session_id: rec.id,
         predictions,
         probabilities,
     }))
@@ -239,18 +232,20 @@ async fn predict_with(
 
 async fn session_predict(
     State(s): State<AppState>,
+    Extension(owner): Extension<Owner>,
     Path(id): Path<String>,
     Json(req): Json<PredictRequest>,
 ) -> Result<Json<SessionPredictions>, AppError> {
-    predict_with(&s, &id, req.inputs).await
+    predict_with(&s, &owner, &id, req.inputs).await
 }
 
 async fn session_predict_get(
     State(s): State<AppState>,
+    Extension(owner): Extension<Owner>,
     Path(id): Path<String>,
     Query(q): Query<PredictQuery>,
 ) -> Result<Json<SessionPredictions>, AppError> {
-    predict_with(&s, &id, validate::query_inputs(&q.inputs)?).await
+    predict_with(&s, &owner, &id, validate::query_inputs(&q.inputs)?).await
 }
 
 async fn stateless_predict(

@@ -1,5 +1,5 @@
-//! Shared server state: the loaded models, the session store, and the
-//! bounded compute pool that runs adaptation off the async runtime.
+//! Shared server state: the loaded models, the sessions, the API keys, and
+//! the bounded compute pool that runs adaptation off the async runtime.
 
 use std::collections::BTreeMap;
 use std::path::Path;
@@ -12,8 +12,9 @@ use candle_core::Device;
 use tokio::sync::Semaphore;
 
 use super::api::ModelInfo;
+use super::auth::ApiKeys;
 use super::error::AppError;
-use super::sessions::SessionStore;
+use super::replay::Sessions;
 use super::validate::Limits;
 use crate::encoder::{Encoder, EncoderOptions};
 use crate::model::{load_model, LoadedModel};
@@ -91,7 +92,9 @@ pub fn load_models(
 /// Everything the handlers share.
 pub struct Inner {
     pub models: BTreeMap<String, Arc<ServedModel>>,
-    pub sessions: Arc<dyn SessionStore>,
+    pub sessions: Sessions,
+    /// `None`: auth is off.
+    pub api_keys: Option<ApiKeys>,
     /// Compute requests admitted (running or queued); full → 429.
     pub admission: Arc<Semaphore>,
     /// Compute requests running at once.
@@ -101,6 +104,8 @@ pub struct Inner {
     pub limits: Limits,
     pub default_ttl_seconds: u64,
     pub request_timeout: Duration,
+    /// How long shutdown waits for requests in flight.
+    pub drain_timeout: Duration,
 }
 
 #[derive(Clone)]

@@ -174,3 +174,87 @@ impl TestServer {
         }
     }
 }
+
+/// Whether `prog` is on PATH. Under `CI=true` a missing program fails the
+/// test (`.ci/run` installs it); elsewhere the test skips.
+pub fn have_program(prog: &str) -> bool {
+    let found = std::env::var_os("PATH")
+        .map(|p| std::env::split_paths(&p).any(|d| d.join(prog).is_file()))
+        .unwrap_or(false);
+    if !found {
+        if std::env::var("CI").map(|v| v == "true").unwrap_or(false) {
+            panic!("{prog} is not installed, and CI=true requires it (.ci/run installs it)");
+        }
+        eprintln!("skipping: {prog} not found on PATH");
+    }
+    found
+}
+
+/// A free loopback port (bound, then released).
+pub fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+/// Waits until something accepts connections on `port`.
+pub fn wait_for_port(port: u16, secs: u64) -> bool {
+    let until = std::time::Instant::now() + std::time::Duration::from_secs(secs);
+    while std::time::Instant::now() < until {
+        if std::net::TcpStream::connect(("127.0.0.1", port)).is_ok() {
+            return true;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    }
+    false
+}
+
+/// A real redis-server on a free loopback port, without persistence;
+/// killed on drop.
+pub struct RedisServer {
+    pub port: u16,
+    child: std::process::Child,
+    _dir: PathBuf,
+}
+
+impl RedisServer {
+    /// `None` (skip) when redis-server is not installed, outside CI.
+    pub fn start() -> Option<Self> {
+        if !have_program("redis-server") {
+            return None;
+        }
+        let port = free_port();
+        let dir = temp_dir("redis");
+        let child = std::process::Command::new("redis-server")
+            .args([
+                "--port",
+                &port.to_string(),
+                "--bind",
+                "127.0.0.1",
+                "--save",
+                "",
+                "--appendonly",
+                "no",
+            ])
+            .arg("--dir")
+            .arg(&dir)
+            .stdout(std::process::Stdio::null())
+            .spawn()
+            .expect("starting redis-server");
+        assert!(wait_for_port(port, 10), "redis-server did not listen on {port}");
+        Some(Self { port, child, _dir: dir })
+    }
+
+    pub fn url(&self) -> String {
+        format!("redis://127.0.0.1:{}/", self.port)
+    }
+}
+
+impl Drop for RedisServer {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
