@@ -129,7 +129,11 @@ fn main() -> anyhow::Result<()> {
                 metasgd::server::LogFormat::Text => logs.init(),
             }
             let rt = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;
-            rt.block_on(metasgd::server::run(cfg))
+            let result = rt.block_on(metasgd::server::run(cfg));
+            // Past the drain deadline, adaptations still running on the
+            // blocking pool are abandoned rather than awaited.
+            rt.shutdown_timeout(std::time::Duration::from_millis(200));
+            result
         }
         Command::Bench {
             serve,

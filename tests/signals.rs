@@ -96,3 +96,46 @@ async fn sigterm_drains_the_request_in_flight_and_exits_zero() {
         .unwrap();
     assert!(status.success(), "the server must exit 0 after SIGTERM, got {status}");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sigterm_exits_at_the_drain_deadline_with_work_still_queued() {
+    let models = common::procs::sinusoid_models(None);
+    let mut server = common::procs::Replica::start(&models, &["--drain-timeout", "1"], &[]).await;
+    let xs: Vec<f64> = (0..10_000).map(|i| -5.0 + 10.0 * i as f64 / 9999.0).collect();
+    let body = json!({"support": {"inputs": xs.iter().map(|x| json!([x])).collect::<Vec<_>>(),
+                                  "labels": xs.iter().map(|x| x.sin()).collect::<Vec<_>>()},
+                      "steps": 10});
+    // About 0.3 s each on one thread: 16 of them queue several seconds of work.
+    let client = reqwest::Client::new();
+    let url = server.url("/v1/models/sinusoid/sessions");
+    let requests: Vec<_> = (0..16)
+        .map(|_| {
+            let (c, url, body) = (client.clone(), url.clone(), body.clone());
+            tokio::spawn(async move { c.post(url).json(&body).send().await.map(|r| r.status().as_u16()) })
+        })
+        .collect();
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let start = std::time::Instant::now();
+    let code = tokio::task::spawn_blocking(move || {
+        let code = server.terminate();
+        (code, server)
+    })
+    .await
+    .unwrap();
+    let took = start.elapsed();
+    assert_eq!(code.0, Some(0));
+    assert!(
+        took < Duration::from_millis(2500),
+        "exit took {took:?} with a 1 s drain deadline"
+    );
+    let mut finished = 0;
+    for r in requests {
+        if let Ok(Ok(201)) = r.await {
+            finished += 1;
+        }
+    }
+    assert!(
+        finished < 16,
+        "the deadline cut the queue short ({finished} of 16 finished)"
+    );
+}

@@ -1,6 +1,8 @@
 //! Helpers shared by the integration tests: where the shared data lives.
 #![allow(dead_code)]
 
+pub mod procs;
+
 use std::path::PathBuf;
 
 /// `../shared` beside the checkout (or `$METASGD_SHARED`). Returns `None`
