@@ -132,7 +132,7 @@ async fn three_replicas_behind_nginx_lose_no_session_when_one_is_killed() {
             let mut n = 0u64;
             while Instant::now() < stop_at {
                 n += 1;
-                if n % 5 == 0 {
+                if n.is_multiple_of(5) {
                     let r = create(&c, &base, 1.0 + w as f64 * 0.3 + n as f64 * 0.01, n as f64 * 0.05).await;
                     let mut s = stats.lock();
                     s.0 += 2;
