@@ -3,6 +3,7 @@
 #   docker build -t metasgd .
 #   docker build --build-arg VARIANT=cuda -t metasgd:cuda .
 #   docker run -p 8080:8080 metasgd
+#   docker run -p 8080:8080 -e METASGD_SESSIONS=redis://redis:6379/0 -e METASGD_API_KEYS_FILE=/run/secrets/keys metasgd
 ARG VARIANT=cpu
 
 FROM rust:1.95-slim-bookworm AS builder-cpu
@@ -42,8 +43,12 @@ ENV METASGD_HOST=0.0.0.0 \
     METASGD_MODELS=/app/models \
     METASGD_CACHE=/app/cache \
     METASGD_DEVICE=auto \
+    METASGD_SESSIONS=memory \
     METASGD_LOG=info \
+    METASGD_LOG_FORMAT=json \
     METASGD_HEALTHCHECK_URL=http://127.0.0.1:8080/health
+# For --sessions redb:/app/data/sessions.redb (mount a volume there).
+VOLUME ["/app/data"]
 USER 10001
 EXPOSE 8080
 HEALTHCHECK --interval=10s --timeout=4s --start-period=10s --retries=3 CMD ["metasgd", "healthcheck"]

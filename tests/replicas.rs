@@ -318,3 +318,150 @@ async fn a_new_model_under_live_sessions_is_409_or_readapted_as_configured() {
     let metrics = c.get(third.url("/metrics")).send().await.unwrap().text().await.unwrap();
     assert_eq!(metric_sum(&metrics, "metasgd_readaptations_total"), 1.0);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn redis_going_away_is_503_with_retry_after_and_the_server_recovers() {
+    let Some(redis) = RedisServer::start() else { return };
+    let port = redis.port;
+    let models = sinusoid_models(None);
+    let url = redis.url();
+    let server = Replica::start(&models, &["--sessions", url.as_str()], &[]).await;
+    let c = reqwest::Client::new();
+    let (id, want) = create(&c, &server.url(""), 1.0, 0.0).await.unwrap();
+    drop(redis); // the store dies (and, without persistence, its data with it)
+    let r = c
+        .post(server.url(&format!("/v1/sessions/{id}/predict")))
+        .json(&json!({"inputs": queries()}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 503);
+    assert!(r.headers().contains_key("retry-after"));
+    let err: Value = r.json().await.unwrap();
+    assert_eq!(err["error"]["code"], "session_store_unavailable");
+    let (st, _) = post(
+        &c,
+        &server.url("/v1/models/sinusoid/sessions"),
+        json!({"support": support(1.0, 0.0)}),
+    )
+    .await
+    .unwrap();
+    assert_eq!(st, 503, "no session is created without a store");
+    assert_eq!(c.get(server.url("/health")).send().await.unwrap().status(), 200);
+
+    // Redis is back (empty): the server reconnects by itself.
+    let _redis = RedisServer::start_on(port);
+    let mut recovered = false;
+    for _ in 0..50 {
+        if let Ok((201, _)) = post(
+            &c,
+            &server.url("/v1/models/sinusoid/sessions"),
+            json!({"support": support(1.0, 0.0)}),
+        )
+        .await
+        {
+            recovered = true;
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert!(recovered, "the server never reconnected to Redis");
+    let (st, err) = post(
+        &c,
+        &server.url(&format!("/v1/sessions/{id}/predict")),
+        json!({"inputs": queries()}),
+    )
+    .await
+    .unwrap();
+    assert_eq!(
+        (st, err["error"]["code"].as_str()),
+        (404, Some("session_not_found")),
+        "the old Redis's data is gone"
+    );
+    let (id2, want2) = create(&c, &server.url(""), 1.0, 0.0).await.unwrap();
+    assert_eq!(want2, want, "same support, same model: same bits");
+    let (st, got) = post(
+        &c,
+        &server.url(&format!("/v1/sessions/{id2}/predict")),
+        json!({"inputs": queries()}),
+    )
+    .await
+    .unwrap();
+    assert_eq!((st, bits(&got)), (200, want));
+}
+
+/// 28×28 strokes, deterministic per class and shot.
+fn glyph(class: usize, shot: usize) -> Value {
+    let rows: Vec<Vec<f32>> = (0..28)
+        .map(|y| {
+            (0..28)
+                .map(|x| {
+                    let on = (x + y * (class + 1) + shot).is_multiple_of(5 + class) || (x == 4 + 3 * class && y > 3);
+                    if on {
+                        1.0
+                    } else {
+                        0.0
+                    }
+                })
+                .collect()
+        })
+        .collect();
+    json!(rows)
+}
+
+/// Probabilities as f32 bit patterns.
+fn prob_bits(v: &Value) -> Vec<u32> {
+    v["probabilities"]
+        .as_array()
+        .expect("probabilities")
+        .iter()
+        .flat_map(|row| {
+            row.as_array()
+                .unwrap()
+                .iter()
+                .map(|p| (p.as_f64().unwrap() as f32).to_bits())
+        })
+        .collect()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn replay_is_bit_exact_for_conv_and_text_models_across_thread_counts() {
+    let Some(redis) = RedisServer::start() else { return };
+    let url = redis.url();
+    let models = common::shipped_models();
+    let one = Replica::start(&models, &["--sessions", url.as_str()], &[]).await;
+    let two = Replica::start(&models, &["--sessions", url.as_str(), "--threads", "2"], &[]).await;
+    let c = reqwest::Client::new();
+    let images = json!({
+        "support": {"inputs": (0..5).flat_map(|k| (0..2).map(move |s| glyph(k, s))).collect::<Vec<_>>(),
+                    "labels": (0..5).flat_map(|k| [k, k]).collect::<Vec<_>>()},
+        "steps": 3});
+    let texts = json!({
+        "support": {"inputs": ["book a flight to paris", "i need a plane ticket", "what's the weather like",
+                               "will it rain tomorrow", "play some jazz", "put on my workout playlist"],
+                    "labels": ["flight", "flight", "weather", "weather", "music", "music"]}});
+    for (model, body, queries) in [
+        ("omniglot", images, json!([glyph(0, 7), glyph(3, 9), glyph(4, 1)])),
+        (
+            "intents",
+            texts,
+            json!(["fly me to tokyo", "is it sunny outside", "some rock music please"]),
+        ),
+    ] {
+        let (st, created) = post(&c, &one.url(&format!("/v1/models/{model}/sessions")), body)
+            .await
+            .unwrap();
+        assert_eq!(st, 201, "{created}");
+        let id = created["session_id"].as_str().unwrap();
+        let path = format!("/v1/sessions/{id}/predict");
+        let (_, on_one) = post(&c, &one.url(&path), json!({"inputs": queries})).await.unwrap();
+        let (st, on_two) = post(&c, &two.url(&path), json!({"inputs": queries})).await.unwrap();
+        assert_eq!(st, 200, "{on_two}");
+        assert_eq!(on_one["predictions"], on_two["predictions"], "{model}");
+        assert_eq!(
+            prob_bits(&on_one),
+            prob_bits(&on_two),
+            "{model}: replayed with 2 threads vs adapted with 1"
+        );
+    }
+}

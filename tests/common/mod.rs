@@ -227,7 +227,11 @@ impl RedisServer {
         if !have_program("redis-server") {
             return None;
         }
-        let port = free_port();
+        Some(Self::start_on(free_port()))
+    }
+
+    /// A redis-server on `port` (for restarting one where it was).
+    pub fn start_on(port: u16) -> Self {
         let dir = temp_dir("redis");
         let child = std::process::Command::new("redis-server")
             .args([
@@ -246,7 +250,7 @@ impl RedisServer {
             .spawn()
             .expect("starting redis-server");
         assert!(wait_for_port(port, 10), "redis-server did not listen on {port}");
-        Some(Self { port, child, _dir: dir })
+        Self { port, child, _dir: dir }
     }
 
     pub fn url(&self) -> String {

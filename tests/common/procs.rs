@@ -44,7 +44,12 @@ impl Replica {
         let out = std::fs::File::create(&log).unwrap();
         let child = Command::new(env!("CARGO_BIN_EXE_metasgd"))
             .arg("serve")
-            .args(["--host", "127.0.0.1", "--port", &port.to_string(), "--threads", "1"])
+            .args(["--host", "127.0.0.1", "--port", &port.to_string()])
+            .args(if args.contains(&"--threads") {
+                &[][..]
+            } else {
+                &["--threads", "1"][..]
+            })
             .arg("--models")
             .arg(models)
             .args(args)
