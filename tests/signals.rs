@@ -63,14 +63,7 @@ async fn sigterm_drains_the_request_in_flight_and_exits_zero() {
     // Wait until the server reports the request as admitted, then signal.
     let mut admitted = false;
     for _ in 0..1000 {
-        let metrics = client
-            .get(format!("{base}/metrics"))
-            .send()
-            .await
-            .unwrap()
-            .text()
-            .await
-            .unwrap();
+        let metrics = common::get_text(&client, &format!("{base}/metrics")).await;
         if metrics
             .lines()
             .any(|l| l.starts_with("metasgd_compute_in_flight ") && !l.ends_with(" 0"))

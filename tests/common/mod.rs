@@ -264,3 +264,8 @@ impl Drop for RedisServer {
         let _ = self.child.wait();
     }
 }
+
+/// The body of a GET as text (a process's /metrics, say).
+pub async fn get_text(client: &reqwest::Client, url: &str) -> String {
+    client.get(url).send().await.unwrap().text().await.unwrap()
+}

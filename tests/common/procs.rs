@@ -80,6 +80,11 @@ impl Replica {
         format!("http://127.0.0.1:{}{path}", self.port)
     }
 
+    /// The replica's /metrics text.
+    pub async fn metrics(&self) -> String {
+        super::get_text(&reqwest::Client::new(), &self.url("/metrics")).await
+    }
+
     pub fn log_text(&self) -> String {
         std::fs::read_to_string(&self.log).unwrap_or_default()
     }
