@@ -50,7 +50,7 @@ fn store_error(e: StoreError) -> AppError {
     }
 }
 
-pub fn session_not_found(id: &str) -> AppError {
+fn session_not_found(id: &str) -> AppError {
     AppError::not_found(
         "session_not_found",
         format!(
