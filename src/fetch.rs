@@ -11,19 +11,9 @@ use std::io::{Read, Write};
 use std::path::{Path, PathBuf};
 
 use anyhow::{bail, Context};
-use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 
-/// One file inside a wheel (a zip) at a pinned URL.
-#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
-pub struct WheelFile {
-    /// The wheel's download URL.
-    pub url: String,
-    /// sha256 of the whole wheel, as PyPI lists it.
-    pub wheel_sha256: String,
-    /// The file's path inside the wheel.
-    pub member: String,
-}
+pub use crate::model::encoder_spec::WheelFile;
 
 /// The cache folder: `$METASGD_CACHE`, else `$XDG_CACHE_HOME/metasgd`,
 /// else `~/.cache/metasgd`.

@@ -1,10 +1,10 @@
 //! metasgd: meta-trained models adapted to new tasks from a few examples,
 //! served over HTTP.
 //!
-//! Data flows one way: HTTP (`server`) → validation → sessions and
-//! adaptation (`metasgd::adapt`) → the model's forward function (`model`)
-//! → candle tensors. Meta-training (`metasgd::train`, `tasks`, `eval`) is
-//! reached only from the CLI.
+//! Data flows one way: HTTP (`server`) → the core (`infer`: admission,
+//! decoding, sessions, engine) → the model's pure functions (`model`) →
+//! candle tensors. Meta-training (`metasgd`, `tasks`, `eval`) is reached
+//! only from the CLI, never from `server` or `infer`.
 
 pub mod bench;
 pub mod device;
@@ -12,6 +12,7 @@ pub mod encoder;
 pub mod eval;
 pub mod fetch;
 pub mod images;
+pub mod infer;
 pub mod metasgd;
 pub mod model;
 pub mod server;

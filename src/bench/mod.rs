@@ -10,10 +10,11 @@ use serde_json::json;
 
 mod text;
 
-use crate::server::state::AppState;
-use crate::server::state::ServedModel;
-use crate::server::validate::{Inputs, ValidLabels, ValidSupport};
-use crate::server::{build_state, engine, serve, ServeConfig};
+use crate::infer::engine;
+use crate::infer::input::{Inputs, ValidLabels, ValidSupport};
+use crate::infer::pool::Cancel;
+use crate::infer::registry::ServedModel;
+use crate::server::{build_state, serve, AppState, ConnLimits, ServeConfig};
 
 /// Latency summary in milliseconds.
 #[derive(Debug, Clone)]
@@ -86,10 +87,13 @@ fn image_in_process(model: &ServedModel, dev: &Device, iters: usize) -> anyhow::
             },
         };
         let s = time_it(iters, || {
-            engine::adapt_support(model, &support, 1, dev).unwrap();
+            engine::adapt_support(model, &support, 1, usize::MAX, dev, &Cancel::default()).unwrap();
         });
         out.push((format!("adapt {ways}-way {shots}-shot, 1 step"), s));
-        adapted = Some((engine::adapt_support(model, &support, 1, dev)?, support));
+        adapted = Some((
+            engine::adapt_support(model, &support, 1, usize::MAX, dev, &Cancel::default())?,
+            support,
+        ));
     }
     let (a, support) = adapted.expect("adapted");
     let classes = match &support.labels {
@@ -100,7 +104,17 @@ fn image_in_process(model: &ServedModel, dev: &Device, iters: usize) -> anyhow::
     out.push((
         "predict 100 images (20 classes)".into(),
         time_it(iters, || {
-            engine::predict(model, &a.params, Some(&classes), &q, 100, dev).unwrap();
+            engine::predict(
+                model,
+                &a.params,
+                Some(&classes),
+                &q,
+                100,
+                usize::MAX,
+                dev,
+                &Cancel::default(),
+            )
+            .unwrap();
         }),
     ));
     Ok(out)
@@ -109,8 +123,8 @@ fn image_in_process(model: &ServedModel, dev: &Device, iters: usize) -> anyhow::
 /// In-process: adapt with K=10 for 1 and 5 steps, predict 100 inputs
 /// (image models: see [`image_in_process`]).
 pub fn in_process(state: &AppState, model: &str, iters: usize) -> anyhow::Result<Vec<(String, Summary)>> {
-    let served = state.model(model).map_err(|e| anyhow::anyhow!("{e}"))?;
-    let dev: Device = state.device.clone();
+    let served = state.core.registry.get(model).map_err(|e| anyhow::anyhow!("{e}"))?;
+    let dev: Device = state.core.pool.device().clone();
     match served.model.manifest.input.kind {
         crate::model::InputKind::Image => return image_in_process(&served, &dev, iters),
         crate::model::InputKind::Text => return text::in_process(&served, &dev, iters),
@@ -126,16 +140,26 @@ pub fn in_process(state: &AppState, model: &str, iters: usize) -> anyhow::Result
     let mut out = vec![];
     for steps in [1usize, 5] {
         let s = time_it(iters, || {
-            engine::adapt_support(&served, &support, steps, &dev).unwrap();
+            engine::adapt_support(&served, &support, steps, usize::MAX, &dev, &Cancel::default()).unwrap();
         });
         out.push((format!("adapt K=10, {steps} step(s)"), s));
     }
-    let adapted = engine::adapt_support(&served, &support, 1, &dev)?;
+    let adapted = engine::adapt_support(&served, &support, 1, usize::MAX, &dev, &Cancel::default())?;
     let q = Inputs::Values((0..100).map(|i| -5.0 + i as f32 * 0.1).collect());
     out.push((
         "predict 100 inputs".into(),
         time_it(iters, || {
-            engine::predict(&served, &adapted.params, None, &q, 100, &dev).unwrap();
+            engine::predict(
+                &served,
+                &adapted.params,
+                None,
+                &q,
+                100,
+                usize::MAX,
+                &dev,
+                &Cancel::default(),
+            )
+            .unwrap();
         }),
     ));
     Ok(out)
@@ -164,9 +188,18 @@ pub(crate) async fn start_server(
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
     let base = format!("http://{}", listener.local_addr()?);
     let (tx, rx) = tokio::sync::oneshot::channel::<()>();
-    let server = tokio::spawn(serve(listener, state.clone(), max_body_bytes, async move {
-        let _ = rx.await;
-    }));
+    let server = tokio::spawn(serve(
+        listener,
+        state.clone(),
+        ConnLimits {
+            max_body_bytes,
+            header_read_timeout: Duration::from_secs(10),
+            max_connections: 4096,
+        },
+        async move {
+            let _ = rx.await;
+        },
+    ));
     while !state.is_ready() {
         tokio::time::sleep(Duration::from_millis(10)).await;
     }
@@ -261,7 +294,13 @@ pub fn run(cfg: ServeConfig, model: &str, iters: usize, seconds: u64) -> anyhow:
     for (name, s) in in_process(&state, model, iters)? {
         println!("| {name} | {:.3} | {:.3} | {:.3} |", s.mean, s.p50, s.p99);
     }
-    let manifest = &state.model(model).map_err(|e| anyhow::anyhow!("{e}"))?.model.manifest;
+    let manifest = &state
+        .core
+        .registry
+        .get(model)
+        .map_err(|e| anyhow::anyhow!("{e}"))?
+        .model
+        .manifest;
     let (text, regression) = (
         manifest.input.kind == crate::model::InputKind::Text,
         manifest.task == crate::model::TaskKind::Regression,

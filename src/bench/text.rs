@@ -8,10 +8,11 @@ use candle_core::Device;
 use serde_json::json;
 
 use super::{summarize, time_it, Summary};
-use crate::server::engine;
-use crate::server::state::AppState;
-use crate::server::state::ServedModel;
-use crate::server::validate::{Inputs, ValidLabels, ValidSupport};
+use crate::infer::engine;
+use crate::infer::input::{Inputs, ValidLabels, ValidSupport};
+use crate::infer::pool::Cancel;
+use crate::infer::registry::ServedModel;
+use crate::server::AppState;
 
 const TOPICS: [&str; 10] = [
     "book a flight to",
@@ -79,14 +80,24 @@ pub fn in_process(served: &ServedModel, dev: &Device, iters: usize) -> anyhow::R
     };
     let steps = served.model.manifest.default_steps;
     let s = time_it(iters / 4 + 1, || {
-        engine::adapt_support(served, &sup, steps, dev).unwrap();
+        engine::adapt_support(served, &sup, steps, usize::MAX, dev, &Cancel::default()).unwrap();
     });
     out.push((format!("create session: encode 10x5 texts + adapt {steps} step(s)"), s));
-    let a = engine::adapt_support(served, &sup, steps, dev)?;
+    let a = engine::adapt_support(served, &sup, steps, usize::MAX, dev, &Cancel::default())?;
     for n in [1usize, 32] {
         let q = Inputs::Texts(queries(n));
         let s = time_it(iters / 4 + 1, || {
-            engine::predict(served, &a.params, Some(&classes), &q, n, dev).unwrap();
+            engine::predict(
+                served,
+                &a.params,
+                Some(&classes),
+                &q,
+                n,
+                usize::MAX,
+                dev,
+                &Cancel::default(),
+            )
+            .unwrap();
         });
         out.push((format!("predict {n} text(s)"), s));
     }

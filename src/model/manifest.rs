@@ -2,8 +2,8 @@
 
 use serde::{Deserialize, Serialize};
 
+use super::encoder_spec::EncoderSpec;
 use super::Architecture;
-use crate::encoder::EncoderSpec;
 
 /// Regression (MSE) or classification (cross-entropy).
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -52,9 +52,37 @@ pub struct Manifest {
     /// architecture's input vector.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub encoder: Option<EncoderSpec>,
+    /// Per-request cost limits (each unset one takes the server's default
+    /// for the architecture; see `infer::cost`).
+    #[serde(default, skip_serializing_if = "ModelLimits::is_unset")]
+    pub limits: ModelLimits,
     /// Free-form notes on how the model was made (method, data, results).
     #[serde(default)]
     pub description: String,
+}
+
+/// A manifest's `limits` section: what one request to this model may cost.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ModelLimits {
+    /// Most examples in one support set.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max_support: Option<usize>,
+    /// Most inputs in one prediction request.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max_inputs: Option<usize>,
+    /// Most estimated compute of one request, in GFLOP.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max_gflop: Option<f64>,
+    /// Most estimated peak memory of one request, in MiB.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max_memory_mb: Option<u64>,
+}
+
+impl ModelLimits {
+    pub fn is_unset(&self) -> bool {
+        *self == ModelLimits::default()
+    }
 }
 
 fn default_weights() -> String {
@@ -113,6 +141,14 @@ impl Manifest {
                 return Err("regression models have exactly one output".into())
             }
             _ => {}
+        }
+        let l = &self.limits;
+        if l.max_support == Some(0)
+            || l.max_inputs == Some(0)
+            || l.max_memory_mb == Some(0)
+            || l.max_gflop.is_some_and(|g| !(g.is_finite() && g > 0.0))
+        {
+            return Err(format!("limits must be positive, got {l:?}"));
         }
         if self.max_steps == 0 || self.default_steps == 0 || self.default_steps > self.max_steps {
             return Err(format!(

@@ -5,8 +5,10 @@
 //! tasks (a weight of shape `[out, in]`) or carry a leading task dimension
 //! (`[T, out, in]`), which is what adaptation produces: one θ' per task.
 
+pub mod adapt;
 pub mod conv;
 mod cpu_op;
+pub mod encoder_spec;
 pub mod im2col;
 pub mod layers;
 pub mod manifest;
@@ -18,7 +20,7 @@ use serde::{Deserialize, Serialize};
 
 use layers::{linear, per_task_rows, unit_rows};
 
-pub use manifest::{InputKind, InputSpec, Manifest, TaskKind};
+pub use manifest::{InputKind, InputSpec, Manifest, ModelLimits, TaskKind};
 pub use store::{load_model, save_model, LoadedModel, ModelError};
 
 /// The network that maps inputs to outputs. Weights use torch's `Linear`

@@ -1,38 +1,23 @@
 //! The API's request and response bodies, exactly as `openapi.yaml` describes them.
+//!
+//! Inputs arrive as raw JSON ([`RawInputs`]): the body is only scanned on
+//! the async runtime, and each input is parsed on the compute pool after
+//! the request has been priced and admitted.
 
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
-use crate::model::{InputSpec, TaskKind};
+pub use crate::infer::input::{RawInputs, SupportSet};
+pub use crate::infer::registry::ModelInfo;
 
 #[derive(Serialize)]
 pub struct Status {
     pub status: &'static str,
 }
 
-#[derive(Clone, Serialize)]
-pub struct ModelInfo {
-    pub name: String,
-    pub task: TaskKind,
-    pub input: InputSpec,
-    pub n_way: Option<usize>,
-    pub default_steps: usize,
-    pub max_steps: usize,
-    pub num_params: usize,
-    pub version: String,
-}
-
 #[derive(Serialize)]
 pub struct ModelList {
     pub models: Vec<ModelInfo>,
-}
-
-/// A few-shot support set: `inputs[i]` is labelled `labels[i]`.
-#[derive(Clone, Debug, Deserialize, Serialize, PartialEq)]
-#[serde(deny_unknown_fields)]
-pub struct SupportSet {
-    pub inputs: Vec<Value>,
-    pub labels: Vec<Value>,
 }
 
 #[derive(Deserialize)]
@@ -75,7 +60,7 @@ pub struct SessionInfo {
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct PredictRequest {
-    pub inputs: Vec<Value>,
+    pub inputs: RawInputs,
 }
 
 /// `GET /v1/sessions/{id}/predict?inputs=<JSON array>`.
@@ -98,7 +83,7 @@ pub struct StatelessPredict {
     pub support: SupportSet,
     #[serde(default)]
     pub steps: Option<i64>,
-    pub inputs: Vec<Value>,
+    pub inputs: RawInputs,
 }
 
 #[derive(Serialize)]

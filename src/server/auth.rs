@@ -17,7 +17,6 @@ use sha2::{Digest, Sha256};
 use subtle::{ConditionallySelectable, ConstantTimeEq};
 
 use super::error::AppError;
-use super::state::AppState;
 
 /// Shortest key accepted, in bytes.
 pub const MIN_KEY_LEN: usize = 16;
@@ -119,10 +118,15 @@ fn unauthorized(message: &str) -> Response {
     r
 }
 
+/// The auth middleware's state: the keys, or `None` when auth is off. A
+/// sub-state of the app's (`FromRef`), so auth needs nothing else of it.
+#[derive(Clone, Default)]
+pub struct Auth(pub Option<std::sync::Arc<ApiKeys>>);
+
 /// Middleware: checks the Bearer token where one is needed and puts the
 /// request's [`Owner`] in its extensions.
-pub async fn authenticate(State(s): State<AppState>, mut req: Request, next: Next) -> Response {
-    let owner = match &s.api_keys {
+pub async fn authenticate(State(auth): State<Auth>, mut req: Request, next: Next) -> Response {
+    let owner = match &auth.0 {
         None => Owner::default(),
         Some(keys) if is_public(req.uri().path(), keys.protect_metrics) => Owner::default(),
         Some(keys) => {

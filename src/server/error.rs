@@ -1,10 +1,13 @@
 //! `AppError`: every failure the API reports, as a JSON body
-//! `{"error":{"code","message"}}` with the right status.
+//! `{"error":{"code","message"}}` with the right status. The one place
+//! where the core's [`InferError`] kinds become HTTP statuses.
 
 use axum::extract::rejection::{JsonRejection, QueryRejection};
 use axum::http::{header, HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
 use serde_json::json;
+
+use crate::infer::{InferError, Kind};
 
 #[derive(Debug, Clone)]
 pub struct AppError {
@@ -69,6 +72,34 @@ impl IntoResponse for AppError {
             resp.headers_mut().insert(header::RETRY_AFTER, HeaderValue::from(s));
         }
         resp
+    }
+}
+
+impl From<InferError> for AppError {
+    fn from(e: InferError) -> Self {
+        let status = match e.kind {
+            Kind::Invalid => StatusCode::UNPROCESSABLE_ENTITY,
+            Kind::TooLarge => StatusCode::PAYLOAD_TOO_LARGE,
+            Kind::NotFound => StatusCode::NOT_FOUND,
+            Kind::Conflict => StatusCode::CONFLICT,
+            Kind::Overloaded if e.code == "session_limit" => StatusCode::TOO_MANY_REQUESTS,
+            Kind::Overloaded => {
+                return Self {
+                    retry_after: Some(1),
+                    ..Self::new(StatusCode::TOO_MANY_REQUESTS, e.code, e.message)
+                }
+            }
+            Kind::Unavailable => return Self::unavailable(e.code, e.message),
+            Kind::Internal => {
+                tracing::error!(code = e.code, error = %e.message, "internal error");
+                return Self::new(
+                    StatusCode::INTERNAL_SERVER_ERROR,
+                    e.code,
+                    "the server failed to process the request",
+                );
+            }
+        };
+        Self::new(status, e.code, e.message)
     }
 }
 

@@ -1,7 +1,5 @@
 //! HTTP handlers and the route table that both the router and the spec test read.
 
-use std::time::Instant;
-
 use axum::extract::{Path, State};
 use axum::http::{header, Method, StatusCode};
 use axum::response::{IntoResponse, Response};
@@ -11,14 +9,11 @@ use chrono::{SecondsFormat, Utc};
 
 use super::api::*;
 use super::auth::Owner;
-use super::engine;
 use super::error::AppError;
 use super::json::{Json, Query};
 use super::metrics;
-use super::replay;
-use super::sessions::{new_id, Record};
 use super::state::AppState;
-use super::validate;
+use crate::infer::sessions::Record;
 
 /// One route: its path, its method, and its handler.
 pub struct Route {
@@ -81,61 +76,16 @@ async fn openapi() -> Response {
 
 async fn list_models(State(s): State<AppState>) -> Json<ModelList> {
     Json(ModelList {
-        models: s.models.values().map(|m| m.info.clone()).collect(),
+        models: s.core.registry.iter().map(|(_, m)| m.info.clone()).collect(),
     })
 }
 
 async fn model_info(State(s): State<AppState>, Path(model): Path<String>) -> Result<Json<ModelInfo>, AppError> {
-    Ok(Json(s.model(&model)?.info.clone()))
+    Ok(Json(s.core.registry.get(&model)?.info.clone()))
 }
 
 fn rfc3339(t: chrono::DateTime<Utc>) -> String {
     t.to_rfc3339_opts(SecondsFormat::Millis, true)
-}
-
-/// Validates and runs adaptation; shared by sessions and stateless predict.
-async fn adapt(
-    s: &AppState,
-    model: &str,
-    support: &SupportSet,
-    steps: Option<i64>,
-) -> Result<
-    (
-        std::sync::Arc<super::state::ServedModel>,
-        usize,
-        validate::ValidSupport,
-        engine::AdaptedModel,
-    ),
-    AppError,
-> {
-    let served = s.model(model)?;
-    let m = &served.model.manifest;
-    let steps = validate::steps(m, steps)?;
-    let valid = validate::support(m, support, &s.limits)?;
-    let (sv, v2) = (served.clone(), valid.clone());
-    let start = Instant::now();
-    let adapted = s
-        .compute(move |dev| engine::adapt_support(&sv, &v2, steps, dev))
-        .await?;
-    metrics::adaptation(model, start.elapsed().as_secs_f64());
-    if !adapted.loss_after.is_finite() {
-        return Err(AppError::invalid(
-            "adaptation_diverged",
-            format!(
-                "adaptation diverged: the support loss is not finite after {steps} steps; \
-                 use fewer steps (this model's default is {}) or labels of a smaller scale",
-                m.default_steps
-            ),
-        ));
-    }
-    Ok((served, steps, valid, adapted))
-}
-
-fn classes_of(v: &validate::ValidSupport) -> Option<Vec<serde_json::Value>> {
-    match &v.labels {
-        validate::ValidLabels::Classes { classes, .. } => Some(classes.clone()),
-        validate::ValidLabels::Values(_) => None,
-    }
 }
 
 async fn create_session(
@@ -144,43 +94,27 @@ async fn create_session(
     Path(model): Path<String>,
     Json(req): Json<CreateSession>,
 ) -> Result<Response, AppError> {
-    let ttl = validate::ttl(req.ttl_seconds, s.default_ttl_seconds, s.limits.max_ttl_seconds)?;
-    let (served, steps, valid, adapted) = adapt(&s, &model, &req.support, req.steps).await?;
-    let now = Utc::now();
-    let rec = Record {
-        id: new_id(),
-        owner: owner.0,
-        model: model.clone(),
-        model_version: served.model.version.clone(),
-        support: req.support,
-        steps,
-        classes: classes_of(&valid),
-        created_at: now,
-        expires_at: now + chrono::Duration::seconds(ttl as i64),
-    };
-    s.sessions.insert(&rec, adapted.params).await?;
+    let c = s
+        .core
+        .create_session(&owner.0, &model, req.support, req.steps, req.ttl_seconds)
+        .await?;
     let body = SessionCreated {
-        session_id: rec.id.clone(),
+        session_id: c.record.id.clone(),
         model,
-        steps,
-        support_size: valid.n,
-        classes: rec.classes,
-        loss_before: adapted.loss_before,
-        loss_after: adapted.loss_after,
-        expires_at: rfc3339(rec.expires_at),
+        steps: c.record.steps,
+        support_size: c.record.support_size,
+        classes: c.record.classes,
+        loss_before: c.loss_before,
+        loss_after: c.loss_after,
+        expires_at: rfc3339(c.record.expires_at),
     };
     let location = format!("/v1/sessions/{}", body.session_id);
     Ok((StatusCode::CREATED, [(header::LOCATION, location)], Json(body)).into_response())
 }
 
-async fn session_info(
-    State(s): State<AppState>,
-    Extension(owner): Extension<Owner>,
-    Path(id): Path<String>,
-) -> Result<Json<SessionInfo>, AppError> {
-    let rec = s.sessions.find(&owner.0, &id).await?;
-    Ok(Json(SessionInfo {
-        support_size: rec.support.inputs.len(),
+fn session_info_of(rec: Record) -> SessionInfo {
+    SessionInfo {
+        support_size: rec.support_size,
         session_id: rec.id,
         model: rec.model,
         model_version: rec.model_version,
@@ -188,7 +122,15 @@ async fn session_info(
         classes: rec.classes,
         created_at: rfc3339(rec.created_at),
         expires_at: rfc3339(rec.expires_at),
-    }))
+    }
+}
+
+async fn session_info(
+    State(s): State<AppState>,
+    Extension(owner): Extension<Owner>,
+    Path(id): Path<String>,
+) -> Result<Json<SessionInfo>, AppError> {
+    Ok(Json(session_info_of(s.core.session(&owner.0, &id).await?)))
 }
 
 async fn delete_session(
@@ -196,7 +138,7 @@ async fn delete_session(
     Extension(owner): Extension<Owner>,
     Path(id): Path<String>,
 ) -> Result<StatusCode, AppError> {
-    s.sessions.delete(&owner.0, &id).await?;
+    s.core.delete_session(&owner.0, &id).await?;
     Ok(StatusCode::NO_CONTENT)
 }
 
@@ -204,25 +146,9 @@ async fn predict_with(
     s: &AppState,
     owner: &Owner,
     id: &str,
-    inputs: Vec<serde_json::Value>,
+    inputs: RawInputs,
 ) -> Result<Json<SessionPredictions>, AppError> {
-    let rec = s.sessions.find(&owner.0, id).await?;
-    let served = replay::served(s, &rec)?;
-    // Validate the inputs before any replay.
-    let flat = validate::inputs(
-        &served.model.manifest,
-        &inputs,
-        "inputs",
-        s.limits.max_inputs,
-        &s.limits,
-    )?;
-    let adapted = replay::adapted(s, &rec, &served).await?;
-    let n = inputs.len();
-    let classes = rec.classes.clone();
-    let (predictions, probabilities) = s
-        .compute(move |dev| engine::predict(&served, &adapted.params, classes.as_deref(), &flat, n, dev))
-        .await?;
-    metrics::predictions(&rec.model, n);
+    let (rec, (predictions, probabilities)) = s.core.predict_session(&owner.0, id, inputs).await?;
     Ok(Json(SessionPredictions {
         session_id: rec.id,
         predictions,
@@ -239,36 +165,36 @@ async fn session_predict(
     predict_with(&s, &owner, &id, req.inputs).await
 }
 
+/// Parses `?inputs=` of the GET predict route: a JSON array.
+fn query_inputs(raw: &str) -> Result<RawInputs, AppError> {
+    serde_json::from_str::<RawInputs>(raw).map_err(|e| {
+        AppError::new(
+            StatusCode::BAD_REQUEST,
+            "invalid_query",
+            format!("`inputs` must be a URL-encoded JSON array of inputs: {e}"),
+        )
+    })
+}
+
 async fn session_predict_get(
     State(s): State<AppState>,
     Extension(owner): Extension<Owner>,
     Path(id): Path<String>,
     Query(q): Query<PredictQuery>,
 ) -> Result<Json<SessionPredictions>, AppError> {
-    predict_with(&s, &owner, &id, validate::query_inputs(&q.inputs)?).await
+    predict_with(&s, &owner, &id, query_inputs(&q.inputs)?).await
 }
 
 async fn stateless_predict(
     State(s): State<AppState>,
+    Extension(owner): Extension<Owner>,
     Path(model): Path<String>,
     Json(req): Json<StatelessPredict>,
 ) -> Result<Json<Predictions>, AppError> {
-    let served = s.model(&model)?;
-    // Validate the query inputs before spending time on adaptation.
-    let flat = validate::inputs(
-        &served.model.manifest,
-        &req.inputs,
-        "inputs",
-        s.limits.max_inputs,
-        &s.limits,
-    )?;
-    let (served, _steps, valid, adapted) = adapt(&s, &model, &req.support, req.steps).await?;
-    let n = req.inputs.len();
-    let classes = classes_of(&valid);
     let (predictions, probabilities) = s
-        .compute(move |dev| engine::predict(&served, &adapted.params, classes.as_deref(), &flat, n, dev))
+        .core
+        .stateless(&owner.0, &model, req.support, req.steps, req.inputs)
         .await?;
-    metrics::predictions(&model, n);
     Ok(Json(Predictions {
         predictions,
         probabilities,

@@ -118,6 +118,7 @@ impl TaskFamily for IntentTasks {
             weights: "model.safetensors".into(),
             family: Some("intents".into()),
             encoder: Some(spec),
+            limits: Default::default(),
             description: "Few-shot text intent classification: a Meta-SGD head on all-MiniLM-L6-v2 sentence embeddings; any number of intents up to n_way (one shared, meta-learned head row per intent).".into(),
         }
     }

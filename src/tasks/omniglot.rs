@@ -272,6 +272,7 @@ impl TaskFamily for OmniglotTasks {
             weights: "model.safetensors".into(),
             family: Some("omniglot".into()),
             encoder: None,
+            limits: Default::default(),
             description: "Omniglot few-shot character classification: 28x28 ink images, any number of classes up to n_way (one shared, meta-learned head row per class).".into(),
         }
     }

@@ -87,6 +87,7 @@ impl TaskFamily for Sinusoid {
             weights: "model.safetensors".into(),
             family: Some("sinusoid".into()),
             encoder: None,
+            limits: Default::default(),
             description: "Sinusoid regression y = A sin(x - phase), A in [0.1, 5], phase in [0, pi], x in [-5, 5]; \
                           MLP 1-40-40-1 with ReLU."
                 .into(),

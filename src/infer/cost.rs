@@ -1,0 +1,322 @@
+//! Cost admission: what a request will cost, priced from the model's
+//! architecture and the request's counts before any input is decoded, and
+//! the limits it must fit.
+//!
+//! The estimate is deliberately simple and on the safe side:
+//! - compute: an adaptation step is a forward and a backward pass, about
+//!   three forwards; the loss after the last step is one more forward;
+//!   queries are one forward each; a text costs the encoder's FLOPs per
+//!   token for at most `max_tokens` tokens (a token is at least one byte).
+//! - memory: the decoded inputs, the parameters (θ, α, gradients, a copy per
+//!   class for a class-shared head) and one chunk of activations. Forward
+//!   and backward run in chunks of `rows` examples (`model::adapt`), chosen
+//!   so a chunk's activations stay under `--max-activation-mb`.
+//!
+//! Per-example activation bytes are counted layer by layer (the conv's
+//! im2col matrix, its output, the pooled and rectified maps, each once for
+//! the forward and once for its gradient); `benches`/`docs/benchmarks.md`
+//! compare them with measured peak RSS.
+
+use crate::model::{conv, Architecture, InputKind, Manifest};
+
+use super::error::{InferError, Result};
+
+/// What a request asks for, known before decoding.
+#[derive(Clone, Copy, Debug, Default)]
+pub struct Counts {
+    /// Support examples (0 for a prediction on an adapted session).
+    pub support: usize,
+    /// Outputs per example: classes in the support set (1 for regression).
+    pub classes: usize,
+    pub steps: usize,
+    /// Query inputs to predict.
+    pub queries: usize,
+    /// For text models: the JSON bytes of all texts (an upper bound on tokens).
+    pub text_bytes: usize,
+}
+
+/// The priced request.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct Estimate {
+    pub flops: f64,
+    pub peak_bytes: u64,
+    /// Examples per forward/backward chunk.
+    pub rows: usize,
+}
+
+/// Effective per-request limits for one model: the manifest's, else the
+/// architecture's defaults, each capped by the server's flags.
+#[derive(Clone, Copy, Debug, serde::Serialize)]
+pub struct CostLimits {
+    pub max_support: usize,
+    pub max_inputs: usize,
+    pub max_gflop: f64,
+    pub max_memory_mb: u64,
+}
+
+/// The server's caps on any one request (flags).
+#[derive(Clone, Copy, Debug)]
+pub struct ServerCaps {
+    pub max_support: usize,
+    pub max_inputs: usize,
+    pub max_gflop: f64,
+    pub max_memory_mb: u64,
+    /// The activation memory one chunk may use.
+    pub max_activation_bytes: u64,
+}
+
+/// FLOPs per token of the encoder in front of a text model (MiniLM-L6:
+/// 6 layers of 384 wide with 1,536-wide feed-forward, about 2·11M
+/// multiply-adds a token, plus attention at 256 tokens).
+pub const ENCODER_FLOPS_PER_TOKEN: f64 = 2.5e7;
+
+const F32: u64 = 4;
+
+/// Per-example figures of an architecture.
+struct Profile {
+    /// One forward pass, one example, excluding the head's per-class part.
+    fwd_flops: f64,
+    /// The head's forward FLOPs per class.
+    head_flops_per_class: f64,
+    /// Activation bytes one example holds during a forward and backward pass.
+    act_bytes: u64,
+}
+
+fn profile(arch: &Architecture) -> Profile {
+    match arch {
+        Architecture::Mlp { sizes } => {
+            let fwd: usize = sizes.windows(2).map(|w| 2 * w[0] * w[1]).sum();
+            let acts: usize = sizes.iter().sum();
+            Profile {
+                fwd_flops: fwd as f64,
+                head_flops_per_class: 0.0,
+                act_bytes: 4 * F32 * acts as u64,
+            }
+        }
+        Architecture::Conv4 { channels, side, hidden } => {
+            let (mut s, mut cin) = (*side, *channels);
+            let (mut fwd, mut acts) = (0usize, 0usize);
+            for _ in 0..4 {
+                let px = s * s;
+                fwd += 2 * hidden * cin * 9 * px;
+                // im2col, conv out, pooled, rectified; each with its gradient.
+                acts += 2 * (cin * 9 * px + hidden * px + hidden * px / 2);
+                s /= 2;
+                cin = *hidden;
+            }
+            let feat = hidden * conv::feature_side(*side).pow(2);
+            Profile {
+                fwd_flops: fwd as f64,
+                head_flops_per_class: 2.0 * feat as f64,
+                act_bytes: F32 * (acts + 4 * feat) as u64,
+            }
+        }
+        Architecture::Features { dim, hidden, .. } => {
+            let mut sizes = vec![*dim];
+            sizes.extend(hidden);
+            let fwd: usize = sizes.windows(2).map(|w| 2 * w[0] * w[1]).sum::<usize>() + 4 * dim;
+            let last = *sizes.last().unwrap_or(dim);
+            Profile {
+                fwd_flops: fwd as f64,
+                head_flops_per_class: 2.0 * last as f64,
+                act_bytes: 6 * F32 * sizes.iter().sum::<usize>() as u64,
+            }
+        }
+    }
+}
+
+/// The limits that apply to `m`'s requests.
+pub fn limits(m: &Manifest, caps: &ServerCaps) -> CostLimits {
+    let l = &m.limits;
+    let (support, gflop, mem) = match m.architecture {
+        // A conv4 step costs about 60 MFLOP an example: 1,000 examples
+        // is a few seconds on 2 cores.
+        Architecture::Conv4 { .. } => (1_000, 200.0, 1024),
+        Architecture::Features { .. } => (2_000, 200.0, 1024),
+        Architecture::Mlp { .. } => (10_000, 200.0, 1024),
+    };
+    CostLimits {
+        max_support: l.max_support.unwrap_or(support).min(caps.max_support),
+        max_inputs: l.max_inputs.unwrap_or(caps.max_inputs).min(caps.max_inputs),
+        max_gflop: l.max_gflop.unwrap_or(gflop).min(caps.max_gflop),
+        max_memory_mb: l.max_memory_mb.unwrap_or(mem).min(caps.max_memory_mb),
+    }
+}
+
+/// Examples per chunk so that one chunk's activations fit in `max_bytes`.
+pub fn chunk_rows(arch: &Architecture, classes: usize, max_bytes: u64) -> usize {
+    let p = profile(arch);
+    let per = p.act_bytes + F32 * 4 * classes as u64;
+    ((max_bytes / per.max(1)) as usize).max(1)
+}
+
+/// Prices a request on `m`, with forward/backward chunks of `rows` examples.
+pub fn estimate(m: &Manifest, c: &Counts, rows: usize) -> Estimate {
+    let p = profile(&m.architecture);
+    let classes = c.classes.max(1) as f64;
+    let fwd = p.fwd_flops + p.head_flops_per_class * classes;
+    let n = c.support as f64;
+    let mut flops = c.steps as f64 * 3.0 * fwd * n + if c.support > 0 { fwd * n } else { 0.0 };
+    flops += fwd * c.queries as f64;
+    let in_dim: usize = m.input.shape.iter().product();
+    let mut bytes = F32 * in_dim as u64 * (c.support + c.queries) as u64;
+    if m.input.kind == InputKind::Text {
+        if let Some(e) = &m.encoder {
+            let texts = c.support + c.queries;
+            let tokens = c.text_bytes.min(texts * e.max_tokens);
+            flops += ENCODER_FLOPS_PER_TOKEN * tokens as f64;
+            // One encoder batch of 32 texts at most: token states of every layer.
+            let batch = texts.min(32) as u64;
+            bytes += batch * e.max_tokens as u64 * e.dim as u64 * F32 * 16 + c.text_bytes as u64;
+        }
+    }
+    let params = m.architecture.num_params() as u64;
+    // θ, α, a copy being updated and its gradient; a shared head per class.
+    bytes += 4 * F32 * params;
+    if m.architecture.shared_head() {
+        bytes += 4 * F32 * (p.head_flops_per_class as u64 / 2) * c.classes as u64;
+    }
+    let busy = rows.min(c.support.max(c.queries)).max(1) as u64;
+    bytes += busy * (p.act_bytes + F32 * 4 * c.classes as u64);
+    Estimate {
+        flops,
+        peak_bytes: bytes,
+        rows,
+    }
+}
+
+/// Refuses a request whose estimate passes `model`'s limits, naming the
+/// limit, its value and what was asked.
+pub fn admit(model: &str, l: &CostLimits, c: &Counts, e: &Estimate) -> Result<()> {
+    let what = || {
+        format!(
+            "{} support example(s) × {} step(s), {} class(es), {} quer(ies)",
+            c.support, c.steps, c.classes, c.queries
+        )
+    };
+    let gflop = e.flops / 1e9;
+    if gflop > l.max_gflop {
+        super::metrics::too_costly(model, "max_gflop");
+        return Err(InferError::too_large(
+            "request_too_costly",
+            format!(
+                "this request would take an estimated {gflop:.1} GFLOP ({}); model {model:?} allows {} GFLOP \
+                 a request (its manifest's limits.max_gflop, capped by --max-request-gflop): send fewer examples, \
+                 steps or queries",
+                what(),
+                l.max_gflop
+            ),
+        ));
+    }
+    let mb = e.peak_bytes.div_ceil(1 << 20);
+    if mb > l.max_memory_mb {
+        super::metrics::too_costly(model, "max_memory_mb");
+        return Err(InferError::too_large(
+            "request_too_large",
+            format!(
+                "this request would need an estimated {mb} MiB ({}); model {model:?} allows {} MiB a request \
+                 (its manifest's limits.max_memory_mb, capped by --max-request-memory-mb)",
+                what(),
+                l.max_memory_mb
+            ),
+        ));
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn omniglot() -> Manifest {
+        serde_json::from_str(include_str!("../../models/omniglot/manifest.json")).unwrap()
+    }
+
+    fn caps() -> ServerCaps {
+        ServerCaps {
+            max_support: 10_000,
+            max_inputs: 10_000,
+            max_gflop: 1e9,
+            max_memory_mb: 1 << 20,
+            max_activation_bytes: 256 << 20,
+        }
+    }
+
+    #[test]
+    fn conv4_costs_about_20_mflop_an_example_forward() {
+        let m = omniglot();
+        let p = profile(&m.architecture);
+        assert!((15e6..25e6).contains(&p.fwd_flops), "{}", p.fwd_flops);
+        let one = estimate(
+            &m,
+            &Counts {
+                support: 1,
+                classes: 1,
+                steps: 1,
+                ..Default::default()
+            },
+            1000,
+        );
+        assert!((60e6..110e6).contains(&one.flops), "{}", one.flops);
+    }
+
+    #[test]
+    fn ten_thousand_images_are_refused_and_five_way_one_shot_is_not() {
+        let m = omniglot();
+        let l = limits(&m, &caps());
+        let c = Counts {
+            support: 10_000,
+            classes: 5,
+            steps: 1,
+            queries: 0,
+            text_bytes: 0,
+        };
+        let rows = chunk_rows(&m.architecture, 5, 256 << 20);
+        let e = estimate(&m, &c, rows);
+        let err = admit("omniglot", &l, &c, &e).unwrap_err();
+        assert_eq!(err.code, "request_too_costly");
+        assert!(
+            err.message.contains("GFLOP") && err.message.contains("10000 support"),
+            "{}",
+            err.message
+        );
+        let c = Counts {
+            support: 5,
+            classes: 5,
+            steps: 10,
+            queries: 100,
+            text_bytes: 0,
+        };
+        admit("omniglot", &l, &c, &estimate(&m, &c, rows)).unwrap();
+    }
+
+    #[test]
+    fn chunks_keep_activations_under_the_bound() {
+        let m = omniglot();
+        let rows = chunk_rows(&m.architecture, 20, 64 << 20);
+        let p = profile(&m.architecture);
+        assert!(rows as u64 * p.act_bytes <= 64 << 20);
+        assert!(rows >= 8, "{rows}");
+        let small = estimate(
+            &m,
+            &Counts {
+                support: 5000,
+                classes: 20,
+                steps: 1,
+                ..Default::default()
+            },
+            rows,
+        );
+        let big = estimate(
+            &m,
+            &Counts {
+                support: 5000,
+                classes: 20,
+                steps: 1,
+                ..Default::default()
+            },
+            5000,
+        );
+        assert!(small.peak_bytes < big.peak_bytes / 10);
+    }
+}

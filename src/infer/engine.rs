@@ -1,0 +1,173 @@
+//! The engine between decoded inputs and tensors: adapt a model on a
+//! decoded support set, and predict with adapted parameters. Blocking; the
+//! core runs it on the compute pool. Forward and backward run in chunks of
+//! rows (`model::adapt`), checking the request's [`Cancel`] before each.
+
+use std::borrow::Cow;
+use std::time::Instant;
+
+use candle_core::{Device, Tensor, D};
+use serde_json::Value;
+
+use super::error::{InferError, Result};
+use super::input::{Inputs, ValidLabels, ValidSupport};
+use super::pool::Cancel;
+use super::registry::ServedModel;
+use crate::model::adapt::{adapt_chunked, forward_chunked, Support};
+use crate::model::{LoadedModel, Target, TaskKind};
+
+/// An adapted model for one task: parameters with a leading task dim of 1.
+pub struct AdaptedModel {
+    pub params: Vec<Tensor>,
+    pub loss_before: f32,
+    pub loss_after: f32,
+}
+
+fn input_tensor(model: &LoadedModel, flat: &[f32], n: usize, device: &Device) -> Result<Tensor> {
+    let dim = model.architecture().input_dim();
+    Ok(Tensor::from_slice(flat, (1, n, dim), device)?)
+}
+
+/// The architecture's input vectors: numbers as they are, texts through
+/// the model's encoder (in batches).
+pub fn features<'a>(served: &ServedModel, inputs: &'a Inputs) -> Result<Cow<'a, [f32]>> {
+    match inputs {
+        Inputs::Values(v) => Ok(Cow::Borrowed(v)),
+        Inputs::Texts(texts) => {
+            let enc = served.encoder.as_ref().ok_or_else(|| {
+                InferError::internal("encoder_failed", format!("model {} has no encoder", served.info.name))
+            })?;
+            let refs: Vec<&str> = texts.iter().map(String::as_str).collect();
+            let start = Instant::now();
+            let v = enc
+                .embed(&refs)
+                .map_err(|e| InferError::internal("encoder_failed", format!("encoder: {e:#}")))?;
+            super::metrics::encoded(&served.info.name, texts.len(), start.elapsed().as_secs_f64());
+            Ok(Cow::Owned(v))
+        }
+    }
+}
+
+/// Runs `steps` adaptation steps on the support set, `rows` examples at a time.
+pub fn adapt_support(
+    served: &ServedModel,
+    s: &ValidSupport,
+    steps: usize,
+    rows: usize,
+    device: &Device,
+    cancel: &Cancel,
+) -> Result<AdaptedModel> {
+    let model = &served.model;
+    let x = input_tensor(model, &features(served, &s.inputs)?, s.n, device)?;
+    cancel.check()?;
+    let target = match &s.labels {
+        ValidLabels::Values(v) => Target::Values(Tensor::from_slice(v, (1, s.n, 1), device)?),
+        ValidLabels::Classes { index, classes } => {
+            let c = classes.len();
+            let mut onehot = vec![0f32; s.n * c];
+            for (i, &k) in index.iter().enumerate() {
+                onehot[i * c + k as usize] = 1.0;
+            }
+            Target::OneHot(Tensor::from_vec(onehot, (1, s.n, c), device)?)
+        }
+    };
+    let a = adapt_chunked(
+        model.architecture(),
+        model.manifest.task,
+        &model.theta,
+        &model.alpha,
+        &Support { x, target },
+        steps,
+        rows,
+        &mut || cancel.check_tensor(),
+    )?;
+    Ok(AdaptedModel {
+        params: a.params,
+        loss_before: a.loss_before[0],
+        loss_after: a.loss_after[0],
+    })
+}
+
+/// The one divergence check, for creation and replay alike: an adaptation
+/// whose support loss is not finite is refused, never stored or served.
+pub fn check_converged(a: &AdaptedModel, steps: usize, default_steps: usize) -> Result<()> {
+    let finite = a.loss_after.is_finite()
+        && a.params.iter().all(|p| {
+            p.abs()
+                .and_then(|t| t.max_all())
+                .and_then(|m| m.to_scalar::<f32>())
+                .is_ok_and(f32::is_finite)
+        });
+    if finite {
+        return Ok(());
+    }
+    Err(InferError::invalid(
+        "adaptation_diverged",
+        format!(
+            "adaptation diverged: the support loss or the parameters are not finite after {steps} steps; \
+             use fewer steps (this model's default is {default_steps}) or labels of a smaller scale"
+        ),
+    ))
+}
+
+/// Per input: the prediction, and for classification the class probabilities.
+pub type Predicted = (Vec<Value>, Option<Vec<Vec<f32>>>);
+
+/// Predictions (and class probabilities for classification) for `n`
+/// inputs, `rows` at a time. A regression output that is not finite (an
+/// input far outside what the model was trained on) is an `Invalid` error
+/// naming the input, never a `null` in the response.
+#[allow(clippy::too_many_arguments)]
+pub fn predict(
+    served: &ServedModel,
+    params: &[Tensor],
+    classes: Option<&[Value]>,
+    inputs: &Inputs,
+    n: usize,
+    rows: usize,
+    device: &Device,
+    cancel: &Cancel,
+) -> Result<Predicted> {
+    let model = &served.model;
+    let flat = features(served, inputs)?;
+    let x = input_tensor(model, &flat, n, device)?;
+    let out = forward_chunked(model.architecture(), params, &x, rows, &mut || cancel.check_tensor())?.squeeze(0)?;
+    let not_finite = |i: usize| {
+        InferError::invalid(
+            "prediction_not_finite",
+            format!(
+                "the model's output for inputs[{i}] is not a finite number: the input is far outside \
+                 the range the model was trained on"
+            ),
+        )
+    };
+    match (model.manifest.task, classes) {
+        (TaskKind::Classification, Some(classes)) => {
+            let logits = out.narrow(D::Minus1, 0, classes.len())?;
+            let m = logits.max_keepdim(D::Minus1)?;
+            let e = logits.broadcast_sub(&m)?.exp()?;
+            let p = e.broadcast_div(&e.sum_keepdim(D::Minus1)?)?.to_vec2::<f32>()?;
+            if let Some(i) = p.iter().position(|row| !row.iter().all(|v| v.is_finite())) {
+                return Err(not_finite(i));
+            }
+            let labels = p
+                .iter()
+                .map(|row| {
+                    let k = row
+                        .iter()
+                        .enumerate()
+                        .fold(0, |b, (i, v)| if *v > row[b] { i } else { b });
+                    classes[k].clone()
+                })
+                .collect();
+            Ok((labels, Some(p)))
+        }
+        _ => {
+            let v = out.flatten_all()?.to_vec1::<f32>()?;
+            if let Some(i) = v.iter().position(|y| !y.is_finite()) {
+                return Err(not_finite(i));
+            }
+            Ok((v.into_iter().map(|y| serde_json::json!(y)).collect(), None))
+        }
+    }
+}

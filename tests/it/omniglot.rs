@@ -1,0 +1,123 @@
+//! The Omniglot loader on the real release zips, the PNG conversion shared
+//! with serving, and the episode sampler.
+
+use crate::common;
+
+use std::io::Read;
+use std::sync::{Arc, OnceLock};
+
+use candle_core::Device;
+use metasgd::images::{png_to_ink, rotate, PIXELS};
+use metasgd::tasks::omniglot::{Omniglot, OmniglotTasks, Split};
+use metasgd::tasks::TaskFamily;
+use rand::SeedableRng;
+use rand_chacha::ChaCha8Rng;
+
+fn data(split: Split) -> Option<Arc<Omniglot>> {
+    static BG: OnceLock<Option<Arc<Omniglot>>> = OnceLock::new();
+    static EV: OnceLock<Option<Arc<Omniglot>>> = OnceLock::new();
+    let cell = if split == Split::Background { &BG } else { &EV };
+    cell.get_or_init(|| {
+        let dir = common::shared_dir("data/omniglot")?;
+        Some(Arc::new(Omniglot::load(&dir, split).unwrap()))
+    })
+    .clone()
+}
+
+#[test]
+fn loader_counts_alphabets_characters_and_drawings() {
+    for (split, alphabets, characters) in [(Split::Background, 30, 964), (Split::Evaluation, 20, 659)] {
+        let Some(d) = data(split) else { return };
+        assert_eq!(d.alphabets(), alphabets, "{split:?}");
+        assert_eq!(d.characters.len(), characters, "{split:?}");
+        assert!(
+            d.characters.iter().all(|c| c.count == 20),
+            "every character has 20 drawings"
+        );
+        assert_eq!(d.files.len(), characters * 20);
+        assert_eq!(d.images.len(), characters * 20 * PIXELS);
+        assert!(d.images.iter().all(|v| (0.0..=1.0).contains(v)));
+        // Ink is sparse: a drawing is mostly paper.
+        let mean = d.images.iter().sum::<f32>() / d.images.len() as f32;
+        assert!(mean > 0.02 && mean < 0.3, "mean ink {mean}");
+    }
+}
+
+#[test]
+fn a_png_from_the_zip_decodes_to_exactly_the_training_tensor() {
+    let Some(d) = data(Split::Evaluation) else { return };
+    let zip_path = common::shared_dir("data/omniglot")
+        .unwrap()
+        .join("images_evaluation.zip");
+    let mut zip = zip::ZipArchive::new(std::fs::File::open(zip_path).unwrap()).unwrap();
+    for i in [0, 777, d.files.len() - 1] {
+        let name = format!("images_evaluation/{}", d.files[i]);
+        let mut bytes = Vec::new();
+        zip.by_name(&name).unwrap().read_to_end(&mut bytes).unwrap();
+        // The server's path: PNG bytes as a client would upload them.
+        let served = png_to_ink(&bytes, 1024).unwrap();
+        assert_eq!(served.as_slice(), d.image(i), "{name}");
+    }
+}
+
+#[test]
+fn episodes_have_disjoint_support_and_query_permuted_labels_and_per_class_rotations() {
+    let Some(d) = data(Split::Background) else { return };
+    let fam = OmniglotTasks {
+        data: d.clone(),
+        n_way: 5,
+        rotations: true,
+    };
+    let mut first_labels = std::collections::HashSet::new();
+    let mut turns_seen = std::collections::HashSet::new();
+    for seed in 0..40 {
+        let mut rng = ChaCha8Rng::seed_from_u64(seed);
+        let drawn = fam.draw(&mut rng, 2, 3);
+        let mut rng = ChaCha8Rng::seed_from_u64(seed);
+        let ep = fam.sample(&mut rng, 1, 2, 3, &Device::Cpu).unwrap();
+        assert_eq!(ep.support_x.dims(), &[1, 10, PIXELS]);
+        assert_eq!(ep.query_x.dims(), &[1, 15, PIXELS]);
+        let classes: std::collections::HashSet<_> =
+            drawn.iter().map(|(c, _, _)| (c.character, c.quarter_turns)).collect();
+        assert_eq!(classes.len(), 5, "classes in a task are distinct");
+        first_labels.insert(drawn[0].0.character);
+        let sx = ep.support_x.flatten_all().unwrap().to_vec1::<f32>().unwrap();
+        let sy = ep
+            .support_t
+            .tensor()
+            .argmax(2)
+            .unwrap()
+            .flatten_all()
+            .unwrap()
+            .to_vec1::<u32>()
+            .unwrap();
+        for (label, (class, support, query)) in drawn.iter().enumerate() {
+            turns_seen.insert(class.quarter_turns);
+            let ch = &d.characters[class.character];
+            for i in support.iter().chain(query) {
+                assert!(
+                    (ch.first..ch.first + ch.count).contains(i),
+                    "drawings come from the class's character"
+                );
+            }
+            assert!(
+                support.iter().all(|i| !query.contains(i)),
+                "support and query are disjoint"
+            );
+            for (j, &i) in support.iter().enumerate() {
+                let row = label * 2 + j;
+                assert_eq!(sy[row], label as u32);
+                // The class's rotation is applied to every one of its drawings.
+                assert_eq!(
+                    &sx[row * PIXELS..(row + 1) * PIXELS],
+                    rotate(d.image(i), class.quarter_turns).as_slice()
+                );
+            }
+        }
+    }
+    assert!(
+        first_labels.len() > 30,
+        "label 0 is a different class from task to task"
+    );
+    assert_eq!(turns_seen.len(), 4, "all four rotations occur");
+}
