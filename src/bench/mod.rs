@@ -8,48 +8,17 @@ use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
 use serde_json::json;
 
+mod harness;
 mod text;
+
+use harness::{start_server, time_it};
+pub use harness::{summarize, Summary};
 
 use crate::infer::engine;
 use crate::infer::input::{Inputs, ValidLabels, ValidSupport};
 use crate::infer::pool::Cancel;
 use crate::infer::registry::ServedModel;
-use crate::server::{build_state, serve, AppState, ConnLimits, ServeConfig};
-
-/// Latency summary in milliseconds.
-#[derive(Debug, Clone)]
-pub struct Summary {
-    pub n: usize,
-    pub mean: f64,
-    pub p50: f64,
-    pub p99: f64,
-}
-
-pub fn summarize(mut ms: Vec<f64>) -> Summary {
-    ms.sort_by(|a, b| a.partial_cmp(b).unwrap());
-    let q = |p: f64| ms[((ms.len() as f64 - 1.0) * p).round() as usize];
-    Summary {
-        n: ms.len(),
-        mean: ms.iter().sum::<f64>() / ms.len() as f64,
-        p50: q(0.5),
-        p99: q(0.99),
-    }
-}
-
-pub(crate) fn time_it(iters: usize, mut f: impl FnMut()) -> Summary {
-    for _ in 0..iters.min(20) {
-        f();
-    }
-    summarize(
-        (0..iters)
-            .map(|_| {
-                let t = Instant::now();
-                f();
-                t.elapsed().as_secs_f64() * 1e3
-            })
-            .collect(),
-    )
-}
+use crate::server::{build_state, AppState, ServeConfig};
 
 fn sine_support(rng: &mut ChaCha8Rng, k: usize) -> (Vec<f32>, Vec<f32>) {
     let task = crate::tasks::sinusoid::SineTask::random(rng);
@@ -173,37 +142,6 @@ pub struct HttpRun {
     pub predict: Summary,
     pub requests_per_s: f64,
     pub errors: usize,
-}
-
-/// A server on an ephemeral loopback port, once ready: its base URL, the
-/// sender that stops it, and its task.
-pub(crate) async fn start_server(
-    state: AppState,
-    max_body_bytes: usize,
-) -> anyhow::Result<(
-    String,
-    tokio::sync::oneshot::Sender<()>,
-    tokio::task::JoinHandle<anyhow::Result<()>>,
-)> {
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
-    let base = format!("http://{}", listener.local_addr()?);
-    let (tx, rx) = tokio::sync::oneshot::channel::<()>();
-    let server = tokio::spawn(serve(
-        listener,
-        state.clone(),
-        ConnLimits {
-            max_body_bytes,
-            header_read_timeout: Duration::from_secs(10),
-            max_connections: 4096,
-        },
-        async move {
-            let _ = rx.await;
-        },
-    ));
-    while !state.is_ready() {
-        tokio::time::sleep(Duration::from_millis(10)).await;
-    }
-    Ok((base, tx, server))
 }
 
 pub async fn over_http(

@@ -7,7 +7,7 @@ use std::time::Instant;
 use candle_core::Device;
 use serde_json::json;
 
-use super::{summarize, time_it, Summary};
+use super::harness::{start_server, summarize, time_it, Summary};
 use crate::infer::engine;
 use crate::infer::input::{Inputs, ValidLabels, ValidSupport};
 use crate::infer::pool::Cancel;
@@ -107,7 +107,7 @@ pub fn in_process(served: &ServedModel, dev: &Device, iters: usize) -> anyhow::R
 /// Over HTTP (loopback), one client: create a 10-intent 5-shot session, then
 /// predict 1 and 32 texts, `iters` times; prints a Markdown table.
 pub async fn over_http(state: AppState, max_body_bytes: usize, model: &str, iters: usize) -> anyhow::Result<()> {
-    let (base, tx, server) = super::start_server(state, max_body_bytes).await?;
+    let (base, tx, server) = start_server(state, max_body_bytes).await?;
     let client = reqwest::Client::new();
     let (texts, labels) = support(10, 5);
     let body = json!({"support": {"inputs": texts, "labels": labels}});

@@ -32,6 +32,10 @@ pub struct InferError {
 
 pub type Result<T, E = InferError> = std::result::Result<T, E>;
 
+/// The text a cancellation carries through candle's error type (see
+/// `pool::Cancel::check_tensor`).
+pub const CANCELLED: &str = "metasgd: request cancelled";
+
 impl InferError {
     pub fn new(kind: Kind, code: &'static str, message: impl Into<String>) -> Self {
         Self {
@@ -68,10 +72,10 @@ impl InferError {
 }
 
 /// A tensor failure is ours. A cancellation raised inside a tensor loop
-/// (see [`super::pool::Cancel`]) comes back as itself.
+/// (see `pool::Cancel`) comes back as itself.
 impl From<candle_core::Error> for InferError {
     fn from(e: candle_core::Error) -> Self {
-        if e.to_string().contains(super::pool::CANCELLED) {
+        if e.to_string().contains(CANCELLED) {
             return Self::cancelled();
         }
         Self::internal("internal_error", e)

@@ -405,3 +405,33 @@ pub fn ttl(ttl: Option<i64>, default: u64, max: u64) -> Result<u64> {
         )),
     }
 }
+
+/// Checks that a decoded (stored) support set still fits `m`: input size,
+/// classes and steps. Replay runs it before adapting.
+pub fn fits(m: &Manifest, s: &ValidSupport, n_steps: usize) -> Result<()> {
+    let dim: usize = m.input.shape.iter().product();
+    match (&s.inputs, m.input.kind) {
+        (Inputs::Texts(t), InputKind::Text) if t.len() == s.n => {}
+        (Inputs::Values(v), k) if k != InputKind::Text && v.len() == s.n * dim => {}
+        _ => {
+            return Err(InferError::invalid(
+                "wrong_dimensions",
+                format!(
+                    "its inputs are not {:?} inputs of shape {:?}",
+                    m.input.kind, m.input.shape
+                ),
+            ))
+        }
+    }
+    match (&s.labels, m.n_way) {
+        (ValidLabels::Classes { classes, .. }, Some(n)) if classes.len() <= n => {}
+        (ValidLabels::Values(_), None) => {}
+        _ => {
+            return Err(InferError::invalid(
+                "too_many_classes",
+                "its labels do not fit the model's task",
+            ))
+        }
+    }
+    steps(m, Some(n_steps as i64)).map(|_| ())
+}

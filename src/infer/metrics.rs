@@ -5,8 +5,6 @@
 
 use metrics::{counter, describe_counter, describe_gauge, describe_histogram, gauge, histogram};
 
-use super::sessions::Removed;
-
 pub fn describe() {
     describe_counter!("metasgd_adaptations_total", "Adaptations run, by model");
     describe_histogram!("metasgd_adaptation_duration_seconds", "Time spent adapting, by model");
@@ -92,14 +90,15 @@ pub fn sessions_live(backend: &'static str, live: usize, bytes: usize) {
     gauge!("metasgd_sessions_bytes", "backend" => backend).set(bytes as f64);
 }
 
-pub fn sessions_removed(backend: &'static str, removed: Removed) {
-    if removed.evicted > 0 {
+/// Sessions that left a store: `evicted` to make room, `expired` by age.
+pub fn sessions_removed(backend: &'static str, evicted: usize, expired: usize) {
+    if evicted > 0 {
         counter!("metasgd_session_evictions_total", "backend" => backend, "reason" => "evicted")
-            .increment(removed.evicted as u64);
+            .increment(evicted as u64);
     }
-    if removed.expired > 0 {
+    if expired > 0 {
         counter!("metasgd_session_evictions_total", "backend" => backend, "reason" => "expired")
-            .increment(removed.expired as u64);
+            .increment(expired as u64);
     }
 }
 

@@ -30,7 +30,7 @@ pub use error::{InferError, Kind, Result};
 
 use cost::{Counts, ServerCaps};
 use engine::{AdaptedModel, Predicted};
-use input::{InputLimits, Inputs, RawInputs, SupportSet, ValidLabels, ValidSupport};
+use input::{InputLimits, RawInputs, SupportSet, ValidLabels, ValidSupport};
 use pool::Pool;
 use registry::{Registry, ServedModel};
 use sessions::service::Sessions;
@@ -67,36 +67,6 @@ fn text_bytes(m: &crate::model::Manifest, raw: &[Box<serde_json::value::RawValue
     } else {
         0
     }
-}
-
-/// Checks that a decoded (stored) support set still fits `m`: input size,
-/// classes and steps. Replay runs it before adapting.
-pub fn fits(m: &crate::model::Manifest, s: &ValidSupport, steps: usize) -> Result<()> {
-    let dim: usize = m.input.shape.iter().product();
-    match (&s.inputs, m.input.kind) {
-        (Inputs::Texts(t), crate::model::InputKind::Text) if t.len() == s.n => {}
-        (Inputs::Values(v), k) if k != crate::model::InputKind::Text && v.len() == s.n * dim => {}
-        _ => {
-            return Err(InferError::invalid(
-                "wrong_dimensions",
-                format!(
-                    "its inputs are not {:?} inputs of shape {:?}",
-                    m.input.kind, m.input.shape
-                ),
-            ))
-        }
-    }
-    match (&s.labels, m.n_way) {
-        (ValidLabels::Classes { classes, .. }, Some(n)) if classes.len() <= n => {}
-        (ValidLabels::Values(_), None) => {}
-        _ => {
-            return Err(InferError::invalid(
-                "too_many_classes",
-                "its labels do not fit the model's task",
-            ))
-        }
-    }
-    input::steps(m, Some(steps as i64)).map(|_| ())
 }
 
 impl Core {

@@ -17,11 +17,8 @@ use candle_core::Device;
 use parking_lot::Mutex;
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 
-use super::error::{InferError, Result};
+use super::error::{InferError, Result, CANCELLED};
 use super::metrics;
-
-/// The text a cancellation carries through candle's error type.
-pub const CANCELLED: &str = "metasgd: request cancelled";
 
 /// Raised when a request's work should stop.
 #[derive(Clone, Default)]

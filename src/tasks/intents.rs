@@ -8,7 +8,7 @@ use rand::seq::index::sample;
 use rand_chacha::ChaCha8Rng;
 
 use super::clinc::{self, IntentData};
-use super::TaskFamily;
+use super::family::TaskFamily;
 use crate::encoder::{minilm, Encoder, EncoderOptions};
 use crate::metasgd::Episode;
 use crate::model::{Architecture, InputKind, InputSpec, Manifest, TaskKind};

@@ -1,6 +1,7 @@
 //! Task families: episode samplers that meta-training and evaluation draw from.
 
 pub mod clinc;
+mod family;
 pub mod intents;
 pub mod omniglot;
 pub mod sinusoid;
@@ -8,36 +9,7 @@ pub mod sinusoid;
 use std::path::Path;
 use std::sync::Arc;
 
-use candle_core::{Device, Result};
-use rand_chacha::ChaCha8Rng;
-
-use crate::metasgd::Episode;
-use crate::model::Manifest;
-
-/// A distribution over tasks that can be sampled in batches.
-pub trait TaskFamily: Send + Sync {
-    /// Short name, as in `--task` and the manifest's `family`.
-    fn name(&self) -> &'static str;
-    /// `tasks` tasks, each with `k_support` support and `k_query` query points.
-    fn sample(
-        &self,
-        rng: &mut ChaCha8Rng,
-        tasks: usize,
-        k_support: usize,
-        k_query: usize,
-        device: &Device,
-    ) -> Result<Episode>;
-    /// The manifest a model of this family is served with.
-    fn manifest(&self, name: &str) -> Manifest;
-    /// How many tasks evaluation samples at a time (bounds its memory).
-    fn eval_chunk(&self) -> usize {
-        usize::MAX
-    }
-    /// Classes per task, for classification families.
-    fn n_way(&self) -> Option<usize> {
-        None
-    }
-}
+pub use family::TaskFamily;
 
 /// Looks a family that needs no data up by name.
 pub fn family(name: &str) -> Option<Box<dyn TaskFamily>> {

@@ -16,7 +16,7 @@ use candle_core::{Device, Result};
 use rand::seq::index::sample;
 use rand_chacha::ChaCha8Rng;
 
-use super::TaskFamily;
+use super::family::TaskFamily;
 use crate::images::{ink_image, rotate, PIXELS, SIDE};
 use crate::metasgd::Episode;
 use crate::model::{Architecture, InputKind, InputSpec, Manifest, TaskKind};

@@ -5,7 +5,7 @@ use candle_core::{Device, Result, Tensor};
 use rand::Rng;
 use rand_chacha::ChaCha8Rng;
 
-use super::TaskFamily;
+use super::family::TaskFamily;
 use crate::metasgd::Episode;
 use crate::model::{Architecture, InputKind, InputSpec, Manifest, Target, TaskKind};
 

@@ -13,6 +13,7 @@ mod encoder;
 mod errors;
 mod fetch;
 mod images_api;
+mod layout;
 mod omniglot;
 mod quality;
 mod reference;

@@ -9,7 +9,7 @@ use chrono::Utc;
 use lru::LruCache;
 use parking_lot::Mutex;
 
-use super::{largest_owner, stored_bytes, Record, Removed, SessionStore, StoreError, StoreLimits};
+use super::store::{largest_owner, stored_bytes, Record, Removed, SessionStore, StoreError, StoreLimits};
 
 struct Entry {
     rec: Record,

@@ -16,7 +16,7 @@ use anyhow::Context;
 use chrono::Utc;
 use parking_lot::Mutex;
 
-use super::{largest_owner, stored_bytes, Record, Removed, SessionStore, StoreError, StoreLimits};
+use super::store::{largest_owner, stored_bytes, Record, Removed, SessionStore, StoreError, StoreLimits};
 
 const TABLE: TableDefinition<&str, &[u8]> = TableDefinition::new("sessions");
 const SUPPORTS: TableDefinition<&str, &[u8]> = TableDefinition::new("supports");

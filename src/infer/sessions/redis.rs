@@ -19,7 +19,7 @@ use ::redis::{AsyncCommands, Script};
 use chrono::Utc;
 use tokio::sync::OnceCell;
 
-use super::{stored_bytes, Record, Removed, SessionStore, StoreError, StoreLimits};
+use super::store::{stored_bytes, Record, Removed, SessionStore, StoreError, StoreLimits};
 
 const BACKEND: &str = "redis";
 const PREFIX: &str = "metasgd:";

@@ -17,12 +17,13 @@ use std::time::Instant;
 use parking_lot::Mutex;
 use tokio::sync::OnceCell;
 
+use super::blob::SupportBlob;
 use super::cache::{Adapted, AdaptedCache};
-use super::{Record, SessionStore, StoreError, StoreLimits, SupportBlob};
+use super::store::{Record, SessionStore, StoreError, StoreLimits};
 use crate::infer::error::{InferError, Kind, Result};
 use crate::infer::pool::Pool;
 use crate::infer::registry::{Registry, ServedModel};
-use crate::infer::{engine, metrics};
+use crate::infer::{engine, input, metrics};
 
 /// What happens to a session whose model's θ and α changed since it was
 /// adapted (a new deploy).
@@ -126,7 +127,7 @@ impl Sessions {
         let removed = self
             .timed("insert", self.store.insert(rec, support, self.limits))
             .await?;
-        metrics::sessions_removed(self.backend(), removed);
+        metrics::sessions_removed(self.backend(), removed.evicted, removed.expired);
         self.cache_put(&rec.id, Arc::new(Adapted::new(params)));
         Ok(())
     }
@@ -159,7 +160,7 @@ impl Sessions {
     /// Drops expired sessions and refreshes the gauges (the periodic sweep).
     pub async fn sweep(&self) {
         if let Ok(removed) = self.timed("purge", self.store.purge_expired()).await {
-            metrics::sessions_removed(self.backend(), removed);
+            metrics::sessions_removed(self.backend(), removed.evicted, removed.expired);
         }
         if let (Ok(n), Ok(b)) = (
             self.timed("count", self.store.count()).await,
@@ -226,7 +227,7 @@ impl Sessions {
                 let m = &sv.model.manifest;
                 let valid = SupportBlob::decode(&blob, r.classes.as_deref())
                     .map_err(|e| InferError::invalid("unreadable_session", e))?;
-                crate::infer::fits(m, &valid, r.steps)?;
+                input::fits(m, &valid, r.steps)?;
                 let a = engine::adapt_support(&sv, &valid, r.steps, r.rows, dev, cancel)?;
                 engine::check_converged(&a, r.steps, m.default_steps)?;
                 Ok(a)

@@ -1,0 +1,32 @@
+//! The one trait every task family implements.
+
+use candle_core::{Device, Result};
+use rand_chacha::ChaCha8Rng;
+
+use crate::metasgd::Episode;
+use crate::model::Manifest;
+
+/// A distribution over tasks that can be sampled in batches.
+pub trait TaskFamily: Send + Sync {
+    /// Short name, as in `--task` and the manifest's `family`.
+    fn name(&self) -> &'static str;
+    /// `tasks` tasks, each with `k_support` support and `k_query` query points.
+    fn sample(
+        &self,
+        rng: &mut ChaCha8Rng,
+        tasks: usize,
+        k_support: usize,
+        k_query: usize,
+        device: &Device,
+    ) -> Result<Episode>;
+    /// The manifest a model of this family is served with.
+    fn manifest(&self, name: &str) -> Manifest;
+    /// How many tasks evaluation samples at a time (bounds its memory).
+    fn eval_chunk(&self) -> usize {
+        usize::MAX
+    }
+    /// Classes per task, for classification families.
+    fn n_way(&self) -> Option<usize> {
+        None
+    }
+}
