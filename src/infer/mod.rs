@@ -59,6 +59,8 @@ struct Priced {
     steps: usize,
     labels: ValidLabels,
     rows: usize,
+    /// The estimate's peak memory, in bytes.
+    peak: u64,
 }
 
 fn text_bytes(m: &crate::model::Manifest, raw: &[Box<serde_json::value::RawValue>]) -> usize {
@@ -93,12 +95,14 @@ impl Core {
             text_bytes: text_bytes(m, &support.inputs) + text_bytes(m, queries),
         };
         let rows = cost::chunk_rows(&m.architecture, counts.classes, self.caps.max_activation_bytes);
-        cost::admit(model, &served.limits, &counts, &cost::estimate(m, &counts, rows))?;
+        let estimate = cost::estimate(m, &counts, rows);
+        cost::admit(model, &served.limits, &counts, &estimate)?;
         Ok(Priced {
             served,
             steps,
             labels,
             rows,
+            peak: estimate.peak_bytes,
         })
     }
 
@@ -113,15 +117,16 @@ impl Core {
     {
         let limits = self.inputs.clone();
         let start = Instant::now();
-        let name = p.served.info.name.clone();
+        let (name, peak) = (p.served.info.name.clone(), p.peak);
         let out = self
             .pool
-            .run(owner, move |dev, cancel| {
+            .run(owner, peak, move |dev, cancel| {
                 let Priced {
                     served,
                     steps,
                     labels,
                     rows,
+                    ..
                 } = p;
                 let m = &served.model.manifest;
                 let n = support.inputs.len();
@@ -223,12 +228,13 @@ impl Core {
             ..Counts::default()
         };
         let rows = cost::chunk_rows(&m.architecture, classes, self.caps.max_activation_bytes);
-        cost::admit(&rec.model, &served.limits, &counts, &cost::estimate(m, &counts, rows))?;
+        let estimate = cost::estimate(m, &counts, rows);
+        cost::admit(&rec.model, &served.limits, &counts, &estimate)?;
         let adapted = self.sessions.adapted(&self.pool, &rec, &served).await?;
         let (limits, n, cls) = (self.inputs.clone(), inputs.len(), rec.classes.clone());
         let out = self
             .pool
-            .run(owner, move |dev, cancel| {
+            .run(owner, estimate.peak_bytes, move |dev, cancel| {
                 let q = input::decode_inputs(&served.model.manifest, &inputs, "inputs", &limits, cancel)?;
                 engine::predict(&served, &adapted.params, cls.as_deref(), &q, n, rows, dev, cancel)
             })

@@ -165,8 +165,10 @@ impl Pool {
 
     /// Runs `f` on a worker of the blocking pool, for `owner`, within the
     /// deadline. A full queue answers at once; `f` gets the request's
-    /// [`Cancel`] and must check it between units of work.
-    pub async fn run<T, F>(&self, owner: &str, f: F) -> Result<T>
+    /// [`Cancel`] and must check it between units of work. `peak_bytes` is
+    /// the request's estimated peak memory: after a large one the worker
+    /// returns the freed pages to the OS.
+    pub async fn run<T, F>(&self, owner: &str, peak_bytes: u64, f: F) -> Result<T>
     where
         T: Send + 'static,
         F: FnOnce(&Device, &Cancel) -> Result<T> + Send + 'static,
@@ -187,7 +189,11 @@ impl Pool {
             let job = tokio::task::spawn_blocking(move || {
                 let _permit = permit;
                 cancel.check()?;
-                f(&device, &cancel)
+                let out = f(&device, &cancel);
+                if peak_bytes >= crate::alloc::RELEASE_AFTER_BYTES {
+                    crate::alloc::release_free_memory();
+                }
+                out
             });
             job.await.map_err(|e| InferError::internal("internal_error", e))?
         };

@@ -247,3 +247,60 @@ async fn chunked_adaptation_predicts_as_unchunked() {
     let d = a.iter().zip(&b).map(|(x, y)| (x - y).abs()).fold(0.0, f64::max);
     assert!(d < 1e-6, "chunked and unchunked differ by {d}");
 }
+
+/// Concurrent misses of one session on one replica replay it once, and all
+/// get the same answer.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn concurrent_cache_misses_replay_once() {
+    let s = TestServer::with_models(shipped_models()).await;
+    let (st, created) = s
+        .post(
+            "/v1/models/omniglot/sessions",
+            json!({"support": ink_support(100, 20), "steps": 10}),
+        )
+        .await;
+    assert_eq!(st, 201, "{created}");
+    let id = created["session_id"].as_str().unwrap().to_string();
+    s.state.core.sessions.cache.remove(&id);
+    let before = s.state.core.sessions.replays();
+    let query = json!({"inputs": ink_support(3, 3)["inputs"]});
+    let calls = (0..8).map(|_| {
+        let (client, url, q) = (
+            s.client.clone(),
+            s.url(&format!("/v1/sessions/{id}/predict")),
+            query.clone(),
+        );
+        tokio::spawn(async move {
+            client
+                .post(url)
+                .json(&q)
+                .send()
+                .await
+                .unwrap()
+                .json::<Value>()
+                .await
+                .unwrap()
+        })
+    });
+    let answers: Vec<Value> = futures_join(calls.collect()).await;
+    assert_eq!(
+        s.state.core.sessions.replays() - before,
+        1,
+        "eight concurrent misses, one replay"
+    );
+    assert!(
+        answers
+            .iter()
+            .all(|a| a["probabilities"] == answers[0]["probabilities"]),
+        "{answers:?}"
+    );
+    s.stop().await;
+}
+
+async fn futures_join(handles: Vec<tokio::task::JoinHandle<Value>>) -> Vec<Value> {
+    let mut out = Vec::new();
+    for h in handles {
+        out.push(h.await.unwrap());
+    }
+    out
+}

@@ -11,6 +11,7 @@
 
 use std::collections::HashMap;
 use std::future::Future;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Instant;
 
@@ -20,6 +21,7 @@ use tokio::sync::OnceCell;
 use super::blob::SupportBlob;
 use super::cache::{Adapted, AdaptedCache};
 use super::store::{Record, SessionStore, StoreError, StoreLimits};
+use crate::infer::cost::{self, Counts};
 use crate::infer::error::{InferError, Kind, Result};
 use crate::infer::pool::Pool;
 use crate::infer::registry::{Registry, ServedModel};
@@ -42,6 +44,7 @@ pub struct Sessions {
     pub limits: StoreLimits,
     pub on_model_change: ModelChange,
     replaying: Mutex<HashMap<String, Arc<OnceCell<Arc<Adapted>>>>>,
+    replays: AtomicU64,
 }
 
 fn store_error(e: StoreError) -> InferError {
@@ -92,11 +95,17 @@ impl Sessions {
             limits,
             on_model_change,
             replaying: Mutex::new(HashMap::new()),
+            replays: AtomicU64::new(0),
         }
     }
 
     fn backend(&self) -> &'static str {
         self.store.backend()
+    }
+
+    /// Replays this replica has run (each session's concurrent misses share one).
+    pub fn replays(&self) -> u64 {
+        self.replays.load(Ordering::Relaxed)
     }
 
     async fn timed<T>(&self, op: &'static str, fut: impl Future<Output = Result<T, StoreError>>) -> Result<T> {
@@ -220,10 +229,20 @@ impl Sessions {
             )),
             _ => e,
         };
+        // Priced as at creation: a changed model's limits may refuse it.
+        let m = &served.model.manifest;
+        let counts = Counts {
+            support: rec.support_size,
+            classes: rec.classes.as_ref().map_or(1, Vec::len),
+            steps: rec.steps,
+            ..Counts::default()
+        };
+        let estimate = cost::estimate(m, &counts, rec.rows);
+        cost::admit(&rec.model, &served.limits, &counts, &estimate).map_err(unfit)?;
         let (sv, r) = (served.clone(), rec.clone());
         let start = Instant::now();
         let out = pool
-            .run(&rec.owner, move |dev, cancel| {
+            .run(&rec.owner, estimate.peak_bytes, move |dev, cancel| {
                 let m = &sv.model.manifest;
                 let valid = SupportBlob::decode(&blob, r.classes.as_deref())
                     .map_err(|e| InferError::invalid("unreadable_session", e))?;
@@ -235,6 +254,7 @@ impl Sessions {
             .await
             .map_err(unfit)?;
         metrics::replay(&rec.model, start.elapsed().as_secs_f64());
+        self.replays.fetch_add(1, Ordering::Relaxed);
         let a = Arc::new(Adapted::new(out.params));
         if changed {
             let mut updated = rec.clone();
