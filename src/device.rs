@@ -31,6 +31,23 @@ pub fn select(spec: &str) -> anyhow::Result<Device> {
     }
 }
 
+/// Forward FLOPs per example from which `--device auto` puts a model on
+/// the GPU. Below it a forward is a few kernel launches of tiny work, and
+/// the launches (about 5–10 µs each) cost more than the CPU's arithmetic:
+/// the sinusoid MLP (3 kFLOP an example) and the intents head (a few kFLOP)
+/// stay on the CPU, the conv4 image model (20 MFLOP) goes to the GPU.
+pub const GPU_MIN_FLOPS_PER_EXAMPLE: f64 = 1e6;
+
+/// The device a served model runs on: `spec` as [`select`] parses it,
+/// except that `auto` keeps a model whose forward pass costs less than
+/// [`GPU_MIN_FLOPS_PER_EXAMPLE`] an example on the CPU.
+pub fn for_model(spec: &str, forward_flops: f64) -> anyhow::Result<Device> {
+    if spec.trim().eq_ignore_ascii_case("auto") && forward_flops < GPU_MIN_FLOPS_PER_EXAMPLE {
+        return Ok(Device::Cpu);
+    }
+    select(spec)
+}
+
 /// A short name for logs and the model info.
 pub fn name(device: &Device) -> String {
     match device {

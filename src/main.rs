@@ -45,6 +45,18 @@ enum Command {
         #[arg(long, default_value_t = 10)]
         seconds: u64,
     },
+    /// Adapt and predict with every model on the CPU and on --device, and
+    /// compare (what scripts/gpu-check.sh runs on a GPU machine).
+    Parity {
+        #[command(flatten)]
+        serve: metasgd::server::ServeConfig,
+        /// Step counts to compare at.
+        #[arg(long, value_delimiter = ',', default_value = "1,3")]
+        steps: Vec<usize>,
+        /// Largest difference accepted.
+        #[arg(long, default_value_t = 1e-4)]
+        tolerance: f32,
+    },
     /// Download what the models need (encoders, the ONNX Runtime library) into the cache, then exit.
     Fetch {
         #[arg(long, env = "METASGD_MODELS", default_value = "models")]
@@ -143,6 +155,15 @@ fn main() -> anyhow::Result<()> {
         } => {
             metasgd::device::set_threads(serve.threads);
             metasgd::bench::run(serve, &model, iters, seconds)
+        }
+        Command::Parity {
+            serve,
+            steps,
+            tolerance,
+        } => {
+            metasgd::device::set_threads(serve.threads);
+            let device = serve.device.clone();
+            metasgd::bench::parity::run(&serve, &device, &steps, tolerance)
         }
         Command::Fetch {
             models,

@@ -3,12 +3,12 @@
 
 use std::time::{Duration, Instant};
 
-use candle_core::Device;
 use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
 use serde_json::json;
 
 mod harness;
+pub mod parity;
 mod text;
 
 use harness::{start_server, time_it};
@@ -28,7 +28,7 @@ fn sine_support(rng: &mut ChaCha8Rng, k: usize) -> (Vec<f32>, Vec<f32>) {
 }
 
 /// In-process, image models: PNG conversion, N-way K-shot adaptation, prediction.
-fn image_in_process(model: &ServedModel, dev: &Device, iters: usize) -> anyhow::Result<Vec<(String, Summary)>> {
+fn image_in_process(model: &ServedModel, iters: usize) -> anyhow::Result<Vec<(String, Summary)>> {
     use crate::images::{png_to_ink, PIXELS};
     let mut rng = ChaCha8Rng::seed_from_u64(1);
     let img = image::GrayImage::from_fn(105, 105, |x, y| {
@@ -56,11 +56,11 @@ fn image_in_process(model: &ServedModel, dev: &Device, iters: usize) -> anyhow::
             },
         };
         let s = time_it(iters, || {
-            engine::adapt_support(model, &support, 1, usize::MAX, dev, &Cancel::default()).unwrap();
+            engine::adapt_support(model, &support, 1, usize::MAX, &Cancel::default()).unwrap();
         });
         out.push((format!("adapt {ways}-way {shots}-shot, 1 step"), s));
         adapted = Some((
-            engine::adapt_support(model, &support, 1, usize::MAX, dev, &Cancel::default())?,
+            engine::adapt_support(model, &support, 1, usize::MAX, &Cancel::default())?,
             support,
         ));
     }
@@ -80,7 +80,6 @@ fn image_in_process(model: &ServedModel, dev: &Device, iters: usize) -> anyhow::
                 &q,
                 100,
                 usize::MAX,
-                dev,
                 &Cancel::default(),
             )
             .unwrap();
@@ -93,10 +92,9 @@ fn image_in_process(model: &ServedModel, dev: &Device, iters: usize) -> anyhow::
 /// (image models: see [`image_in_process`]).
 pub fn in_process(state: &AppState, model: &str, iters: usize) -> anyhow::Result<Vec<(String, Summary)>> {
     let served = state.core.registry.get(model).map_err(|e| anyhow::anyhow!("{e}"))?;
-    let dev: Device = state.core.pool.device().clone();
     match served.model.manifest.input.kind {
-        crate::model::InputKind::Image => return image_in_process(&served, &dev, iters),
-        crate::model::InputKind::Text => return text::in_process(&served, &dev, iters),
+        crate::model::InputKind::Image => return image_in_process(&served, iters),
+        crate::model::InputKind::Text => return text::in_process(&served, iters),
         crate::model::InputKind::Vector => {}
     }
     let mut rng = ChaCha8Rng::seed_from_u64(1);
@@ -109,26 +107,16 @@ pub fn in_process(state: &AppState, model: &str, iters: usize) -> anyhow::Result
     let mut out = vec![];
     for steps in [1usize, 5] {
         let s = time_it(iters, || {
-            engine::adapt_support(&served, &support, steps, usize::MAX, &dev, &Cancel::default()).unwrap();
+            engine::adapt_support(&served, &support, steps, usize::MAX, &Cancel::default()).unwrap();
         });
         out.push((format!("adapt K=10, {steps} step(s)"), s));
     }
-    let adapted = engine::adapt_support(&served, &support, 1, usize::MAX, &dev, &Cancel::default())?;
+    let adapted = engine::adapt_support(&served, &support, 1, usize::MAX, &Cancel::default())?;
     let q = Inputs::Values((0..100).map(|i| -5.0 + i as f32 * 0.1).collect());
     out.push((
         "predict 100 inputs".into(),
         time_it(iters, || {
-            engine::predict(
-                &served,
-                &adapted.params,
-                None,
-                &q,
-                100,
-                usize::MAX,
-                &dev,
-                &Cancel::default(),
-            )
-            .unwrap();
+            engine::predict(&served, &adapted.params, None, &q, 100, usize::MAX, &Cancel::default()).unwrap();
         }),
     ));
     Ok(out)

@@ -4,7 +4,6 @@
 
 use std::time::Instant;
 
-use candle_core::Device;
 use serde_json::json;
 
 use super::harness::{start_server, summarize, time_it, Summary};
@@ -49,7 +48,7 @@ fn queries(n: usize) -> Vec<String> {
 
 /// In-process: encoder throughput at batch 1 and 32, session creation
 /// (encode 50 texts + adapt) for 10 intents × 5 shots, and prediction.
-pub fn in_process(served: &ServedModel, dev: &Device, iters: usize) -> anyhow::Result<Vec<(String, Summary)>> {
+pub fn in_process(served: &ServedModel, iters: usize) -> anyhow::Result<Vec<(String, Summary)>> {
     let enc = served
         .encoder
         .as_ref()
@@ -80,24 +79,14 @@ pub fn in_process(served: &ServedModel, dev: &Device, iters: usize) -> anyhow::R
     };
     let steps = served.model.manifest.default_steps;
     let s = time_it(iters / 4 + 1, || {
-        engine::adapt_support(served, &sup, steps, usize::MAX, dev, &Cancel::default()).unwrap();
+        engine::adapt_support(served, &sup, steps, usize::MAX, &Cancel::default()).unwrap();
     });
     out.push((format!("create session: encode 10x5 texts + adapt {steps} step(s)"), s));
-    let a = engine::adapt_support(served, &sup, steps, usize::MAX, dev, &Cancel::default())?;
+    let a = engine::adapt_support(served, &sup, steps, usize::MAX, &Cancel::default())?;
     for n in [1usize, 32] {
         let q = Inputs::Texts(queries(n));
         let s = time_it(iters / 4 + 1, || {
-            engine::predict(
-                served,
-                &a.params,
-                Some(&classes),
-                &q,
-                n,
-                usize::MAX,
-                dev,
-                &Cancel::default(),
-            )
-            .unwrap();
+            engine::predict(served, &a.params, Some(&classes), &q, n, usize::MAX, &Cancel::default()).unwrap();
         });
         out.push((format!("predict {n} text(s)"), s));
     }

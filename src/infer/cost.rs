@@ -130,6 +130,12 @@ fn profile(arch: &Architecture) -> Profile {
     }
 }
 
+/// One example's forward FLOPs on `arch` (one class for a shared head).
+pub fn forward_flops(arch: &Architecture) -> f64 {
+    let p = profile(arch);
+    p.fwd_flops + p.head_flops_per_class
+}
+
 /// The limits that apply to `m`'s requests.
 pub fn limits(m: &Manifest, caps: &ServerCaps) -> CostLimits {
     let l = &m.limits;

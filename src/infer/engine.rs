@@ -48,16 +48,16 @@ pub fn features<'a>(served: &ServedModel, inputs: &'a Inputs) -> Result<Cow<'a, 
     }
 }
 
-/// Runs `steps` adaptation steps on the support set, `rows` examples at a time.
+/// Runs `steps` adaptation steps on the support set, `rows` examples at a
+/// time, on the model's device.
 pub fn adapt_support(
     served: &ServedModel,
     s: &ValidSupport,
     steps: usize,
     rows: usize,
-    device: &Device,
     cancel: &Cancel,
 ) -> Result<AdaptedModel> {
-    let model = &served.model;
+    let (model, device) = (&served.model, &served.device);
     let x = input_tensor(model, &features(served, &s.inputs)?, s.n, device)?;
     cancel.check()?;
     let target = match &s.labels {
@@ -117,7 +117,6 @@ pub type Predicted = (Vec<Value>, Option<Vec<Vec<f32>>>);
 /// inputs, `rows` at a time. A regression output that is not finite (an
 /// input far outside what the model was trained on) is an `Invalid` error
 /// naming the input, never a `null` in the response.
-#[allow(clippy::too_many_arguments)]
 pub fn predict(
     served: &ServedModel,
     params: &[Tensor],
@@ -125,10 +124,9 @@ pub fn predict(
     inputs: &Inputs,
     n: usize,
     rows: usize,
-    device: &Device,
     cancel: &Cancel,
 ) -> Result<Predicted> {
-    let model = &served.model;
+    let (model, device) = (&served.model, &served.device);
     let flat = features(served, inputs)?;
     let x = input_tensor(model, &flat, n, device)?;
     let out = forward_chunked(model.architecture(), params, &x, rows, &mut || cancel.check_tensor())?.squeeze(0)?;

@@ -111,16 +111,14 @@ impl Core {
     async fn adapt_then<T, F>(&self, owner: &str, p: Priced, support: SupportSet, after: F) -> Result<T>
     where
         T: Send + 'static,
-        F: FnOnce(&Arc<ServedModel>, ValidSupport, AdaptedModel, &candle_core::Device, &pool::Cancel) -> Result<T>
-            + Send
-            + 'static,
+        F: FnOnce(&Arc<ServedModel>, ValidSupport, AdaptedModel, &pool::Cancel) -> Result<T> + Send + 'static,
     {
         let limits = self.inputs.clone();
         let start = Instant::now();
         let (name, peak) = (p.served.info.name.clone(), p.peak);
         let out = self
             .pool
-            .run(owner, peak, move |dev, cancel| {
+            .run(owner, peak, move |cancel| {
                 let Priced {
                     served,
                     steps,
@@ -133,9 +131,9 @@ impl Core {
                 let inputs = input::decode_inputs(m, &support.inputs, "support.inputs", &limits, cancel)?;
                 drop(support);
                 let valid = ValidSupport { inputs, n, labels };
-                let a = engine::adapt_support(&served, &valid, steps, rows, dev, cancel)?;
+                let a = engine::adapt_support(&served, &valid, steps, rows, cancel)?;
                 engine::check_converged(&a, steps, m.default_steps)?;
-                after(&served, valid, a, dev, cancel)
+                after(&served, valid, a, cancel)
             })
             .await?;
         metrics::adaptation(&name, start.elapsed().as_secs_f64());
@@ -155,10 +153,10 @@ impl Core {
         let (limits, rows) = (self.inputs.clone(), p.rows);
         let n = inputs.len();
         let out = self
-            .adapt_then(owner, p, support, move |served, valid, a, dev, cancel| {
+            .adapt_then(owner, p, support, move |served, valid, a, cancel| {
                 let q = input::decode_inputs(&served.model.manifest, &inputs, "inputs", &limits, cancel)?;
                 let classes = classes_of(&valid.labels);
-                engine::predict(served, &a.params, classes.as_deref(), &q, n, rows, dev, cancel)
+                engine::predict(served, &a.params, classes.as_deref(), &q, n, rows, cancel)
             })
             .await?;
         metrics::predictions(model, n);
@@ -179,7 +177,7 @@ impl Core {
         self.sessions.check_room(owner).await?;
         let (served, steps, rows) = (p.served.clone(), p.steps, p.rows);
         let (valid, blob, a) = self
-            .adapt_then(owner, p, support, |_, valid, a, _, _| {
+            .adapt_then(owner, p, support, |_, valid, a, _| {
                 let blob = SupportBlob::encode(&valid);
                 Ok((valid, blob, a))
             })
@@ -234,9 +232,9 @@ impl Core {
         let (limits, n, cls) = (self.inputs.clone(), inputs.len(), rec.classes.clone());
         let out = self
             .pool
-            .run(owner, estimate.peak_bytes, move |dev, cancel| {
+            .run(owner, estimate.peak_bytes, move |cancel| {
                 let q = input::decode_inputs(&served.model.manifest, &inputs, "inputs", &limits, cancel)?;
-                engine::predict(&served, &adapted.params, cls.as_deref(), &q, n, rows, dev, cancel)
+                engine::predict(&served, &adapted.params, cls.as_deref(), &q, n, rows, cancel)
             })
             .await?;
         metrics::predictions(&rec.model, n);

@@ -13,7 +13,6 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
-use candle_core::Device;
 use parking_lot::Mutex;
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 
@@ -93,7 +92,6 @@ pub struct Pool {
     workers: Arc<Semaphore>,
     per_owner: PerOwner,
     max_per_owner: usize,
-    device: Device,
     timeout: Duration,
 }
 
@@ -101,20 +99,15 @@ impl Pool {
     /// `max_in_flight` compute requests admitted (running or queued), at
     /// most `max_per_owner` of them for one key (none for the empty owner,
     /// auth off), `workers` running at once, each within `timeout`.
-    pub fn new(device: Device, max_in_flight: usize, max_per_owner: usize, workers: usize, timeout: Duration) -> Self {
+    pub fn new(max_in_flight: usize, max_per_owner: usize, workers: usize, timeout: Duration) -> Self {
         Self {
             admission: Arc::new(Semaphore::new(max_in_flight.max(1))),
             max_in_flight: max_in_flight.max(1),
             workers: Arc::new(Semaphore::new(workers.max(1))),
             per_owner: PerOwner::default(),
             max_per_owner: max_per_owner.max(1),
-            device,
             timeout,
         }
-    }
-
-    pub fn device(&self) -> &Device {
-        &self.device
     }
 
     pub fn timeout(&self) -> Duration {
@@ -171,7 +164,7 @@ impl Pool {
     pub async fn run<T, F>(&self, owner: &str, peak_bytes: u64, f: F) -> Result<T>
     where
         T: Send + 'static,
-        F: FnOnce(&Device, &Cancel) -> Result<T> + Send + 'static,
+        F: FnOnce(&Cancel) -> Result<T> + Send + 'static,
     {
         let (_admitted, _slot) = self.admit(owner)?;
         let _in_flight = metrics::InFlight::start();
@@ -180,7 +173,7 @@ impl Pool {
             finished: false,
             timed_out: false,
         };
-        let (cancel, workers, device) = (guard.cancel.clone(), self.workers.clone(), self.device.clone());
+        let (cancel, workers) = (guard.cancel.clone(), self.workers.clone());
         let work = async move {
             let permit = workers
                 .acquire_owned()
@@ -189,7 +182,7 @@ impl Pool {
             let job = tokio::task::spawn_blocking(move || {
                 let _permit = permit;
                 cancel.check()?;
-                let out = f(&device, &cancel);
+                let out = f(&cancel);
                 if peak_bytes >= crate::alloc::RELEASE_AFTER_BYTES {
                     crate::alloc::release_free_memory();
                 }

@@ -27,6 +27,8 @@ pub struct ModelInfo {
     pub version: String,
     /// What one request to this model may cost.
     pub limits: CostLimits,
+    /// Where it computes: `cpu` or `cuda`.
+    pub device: String,
 }
 
 /// A model as served: its weights, its encoder (text models), its limits and its public description.
@@ -34,6 +36,8 @@ pub struct ServedModel {
     pub model: LoadedModel,
     pub encoder: Option<Arc<Encoder>>,
     pub limits: CostLimits,
+    /// Where its tensors live (see `device::for_model`).
+    pub device: Device,
     pub info: ModelInfo,
 }
 
@@ -42,7 +46,9 @@ pub struct Registry(BTreeMap<String, Arc<ServedModel>>);
 
 impl Registry {
     /// Loads every model folder under `dir` (see [`load_models`]).
-    pub fn load(dir: &Path, device: &Device, encoder: &EncoderOptions, caps: &ServerCaps) -> anyhow::Result<Self> {
+    /// `device` is the `--device` value; each model's device follows
+    /// `device::for_model`.
+    pub fn load(dir: &Path, device: &str, encoder: &EncoderOptions, caps: &ServerCaps) -> anyhow::Result<Self> {
         load_models(dir, device, encoder, caps).map(Registry)
     }
 
@@ -76,7 +82,7 @@ impl Registry {
 /// that is not a valid model is an error that names the offending file.
 pub fn load_models(
     dir: &Path,
-    device: &Device,
+    device: &str,
     encoder: &EncoderOptions,
     caps: &ServerCaps,
 ) -> anyhow::Result<BTreeMap<String, Arc<ServedModel>>> {
@@ -95,7 +101,15 @@ pub fn load_models(
     dirs.sort();
     let mut models = BTreeMap::new();
     for d in dirs {
-        let model = load_model(&d, device)?;
+        let mut model = load_model(&d, &Device::Cpu)?;
+        let dev = crate::device::for_model(device, cost::forward_flops(&model.manifest.architecture))?;
+        if !dev.is_cpu() {
+            let to = |ts: &[candle_core::Tensor]| -> candle_core::Result<Vec<_>> {
+                ts.iter().map(|t| t.to_device(&dev)).collect()
+            };
+            model.theta = to(&model.theta)?;
+            model.alpha = to(&model.alpha)?;
+        }
         let m = &model.manifest;
         let enc = match &m.encoder {
             Some(spec) => Some(Arc::new(Encoder::load(spec, &d, encoder).with_context(|| {
@@ -114,6 +128,7 @@ pub fn load_models(
             num_params: m.architecture.num_params(),
             version: model.version.clone(),
             limits,
+            device: crate::device::name(&dev),
         };
         let name = m.name.clone();
         if models
@@ -123,6 +138,7 @@ pub fn load_models(
                     model,
                     encoder: enc,
                     limits,
+                    device: dev,
                     info,
                 }),
             )

@@ -404,6 +404,67 @@ mod tests {
         }
     }
 
+    /// Three adaptation steps of conv4 with the pooling that non-CPU devices
+    /// run (elementwise ops) give the CPU custom op's parameters exactly, on
+    /// images with large blank (tied) regions.
+    #[test]
+    fn window_pooling_adapts_as_the_cpu_op_at_three_steps() {
+        let dev = Device::Cpu;
+        let arch = Architecture::Conv4 {
+            channels: 1,
+            side: 28,
+            hidden: 4,
+        };
+        let theta: Vec<Tensor> = arch
+            .params()
+            .iter()
+            .map(|p| Tensor::randn(0f64, 0.3, p.shape.as_slice(), &dev).unwrap())
+            .collect();
+        let alpha: Vec<Tensor> = arch
+            .params()
+            .iter()
+            .map(|_| Tensor::new(0.5f64, &dev).unwrap())
+            .collect();
+        let n = 6;
+        let ink: Vec<f64> = (0..n * 784)
+            .map(|i| {
+                if (i % 784) / 28 > 14 && (i % 28) < 20 {
+                    ((i * 31) % 7) as f64 / 7.0
+                } else {
+                    0.0
+                }
+            })
+            .collect();
+        let x = Tensor::from_vec(ink, (1, n, 784), &dev).unwrap();
+        let idx = Tensor::new(&[0u32, 1, 2, 0, 1, 2], &dev).unwrap();
+        let onehot = Tensor::eye(3, candle_core::DType::F64, &dev)
+            .unwrap()
+            .index_select(&idx, 0)
+            .unwrap()
+            .unsqueeze(0)
+            .unwrap();
+        let s = Support {
+            x,
+            target: Target::OneHot(onehot),
+        };
+        let cpu = adapt(&arch, TaskKind::Classification, &theta, &alpha, &s, 3).unwrap();
+        let win = crate::model::conv::with_window_pooling(|| {
+            adapt(&arch, TaskKind::Classification, &theta, &alpha, &s, 3).unwrap()
+        });
+        for (p, q) in cpu.params.iter().zip(&win.params) {
+            let d = p
+                .sub(q)
+                .unwrap()
+                .abs()
+                .unwrap()
+                .max_all()
+                .unwrap()
+                .to_scalar::<f64>()
+                .unwrap();
+            assert!(d < 1e-12, "{d}");
+        }
+    }
+
     #[test]
     fn a_failing_check_stops_adaptation() {
         let dev = Device::Cpu;

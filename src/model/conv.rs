@@ -47,10 +47,38 @@ pub fn conv3x3(h: &Tensor, w: &Tensor, b: &Tensor) -> Result<Tensor> {
 
 /// 2×2 max pooling with stride 2 (an odd last row or column is dropped, as
 /// in torch's floor mode). `[T, C, N, H, W]` → `[T, C, N, H/2, W/2]`.
+///
+/// On the CPU this is the custom op of [`super::pool`]. On other devices it
+/// is [`max_pool2_windows`], which gives the same values and the same
+/// gradient: each window's gradient goes to its first maximum only.
 pub fn max_pool2(h: &Tensor) -> Result<Tensor> {
-    if h.device().is_cpu() && matches!(h.dtype(), DType::F32 | DType::F64) {
+    if h.device().is_cpu() && matches!(h.dtype(), DType::F32 | DType::F64) && !GENERIC_POOL.with(|g| g.get()) {
         return super::pool::max_pool2(h);
     }
+    max_pool2_windows(h)
+}
+
+thread_local! {
+    static GENERIC_POOL: std::cell::Cell<bool> = const { std::cell::Cell::new(false) };
+}
+
+/// Runs `f` with [`max_pool2_windows`] in place of the CPU custom op, on
+/// this thread: how the CPU tests check the pooling other devices run.
+pub fn with_window_pooling<T>(f: impl FnOnce() -> T) -> T {
+    let before = GENERIC_POOL.with(|g| g.replace(true));
+    let out = f();
+    GENERIC_POOL.with(|g| g.set(before));
+    out
+}
+
+/// Device-independent 2×2 max pooling from elementwise ops. Each window's
+/// four values (row-major, as the CPU op scans them) are weighted by a
+/// constant one-hot mask of its *first* maximum, `x·mask` summed. The value
+/// is the maximum exactly (one term is `x·1`, the rest `x·0`), and since the
+/// mask is a constant the gradient goes to that element alone. A reshape
+/// and `max` would send it to every tied element: ties are common in the
+/// blank regions of Omniglot drawings.
+pub fn max_pool2_windows(h: &Tensor) -> Result<Tensor> {
     let (t, c, n, hh, ww) = h.dims5()?;
     let (ho, wo) = (hh / 2, ww / 2);
     let h = if hh % 2 == 1 || ww % 2 == 1 {
@@ -58,7 +86,26 @@ pub fn max_pool2(h: &Tensor) -> Result<Tensor> {
     } else {
         h.clone()
     };
-    h.contiguous()?.reshape(vec![t, c, n, ho, 2, wo, 2])?.max(6)?.max(4)
+    // [T, C, N, Ho, 2, Wo, 2] → [T·C·N·Ho·Wo, 4], each row one window.
+    let win = h
+        .contiguous()?
+        .reshape(vec![t * c * n * ho, 2, wo, 2])?
+        .transpose(1, 2)?
+        .contiguous()?
+        .reshape((t * c * n * ho * wo, 4))?;
+    let x = win.detach();
+    let m = x.max_keepdim(1)?;
+    let eq = x.broadcast_eq(&m)?.to_dtype(x.dtype())?;
+    // first[k] = eq[k] · Π_{j<k} (1 − eq[j])
+    let cols: Vec<Tensor> = (0..4).map(|k| eq.narrow(1, k, 1)).collect::<Result<_>>()?;
+    let mut none_before = cols[0].ones_like()?;
+    let mut first = Vec::with_capacity(4);
+    for col in &cols {
+        first.push((col * &none_before)?);
+        none_before = (&none_before * col.affine(-1.0, 1.0)?)?;
+    }
+    let mask = Tensor::cat(&first, 1)?;
+    (win * mask)?.sum(1)?.reshape((t, c, n, ho, wo))
 }
 
 /// Side of the feature map after four poolings.
@@ -135,6 +182,38 @@ mod tests {
             .to_scalar::<f32>()
             .unwrap();
         assert!(d < 1e-4, "{d}");
+    }
+
+    /// The pooling other devices run gives the CPU op's values and gradient,
+    /// ties included (a window of equal values sends its gradient to its
+    /// first element only).
+    #[test]
+    fn window_pooling_matches_the_cpu_op_with_ties() {
+        let dev = Device::Cpu;
+        let mut v: Vec<f64> = (0..2 * 3 * 7 * 6).map(|i| ((i * 7) % 5) as f64).collect();
+        v[..12].iter_mut().for_each(|x| *x = 0.0); // blank paper: all tied
+        let x = candle_core::Var::from_vec(v, (1, 2, 3, 7, 6), &dev).unwrap();
+        let g = Tensor::rand(0f64, 1.0, (1, 2, 3, 3, 3), &dev).unwrap();
+        let (a, b) = (
+            super::super::pool::max_pool2(&x).unwrap(),
+            max_pool2_windows(&x).unwrap(),
+        );
+        assert_eq!(
+            a.flatten_all().unwrap().to_vec1::<f64>().unwrap(),
+            b.flatten_all().unwrap().to_vec1::<f64>().unwrap()
+        );
+        let ga = (a * &g).unwrap().sum_all().unwrap().backward().unwrap();
+        let gb = (b * &g).unwrap().sum_all().unwrap().backward().unwrap();
+        let (ga, gb) = (ga.get(&x).unwrap(), gb.get(&x).unwrap());
+        assert_eq!(
+            ga.flatten_all().unwrap().to_vec1::<f64>().unwrap(),
+            gb.flatten_all().unwrap().to_vec1::<f64>().unwrap()
+        );
+        let routed = gb.flatten_all().unwrap().to_vec1::<f64>().unwrap();
+        assert!(
+            routed[1] == 0.0 && routed[6] == 0.0,
+            "a tied window's gradient goes to its first element only"
+        );
     }
 
     #[test]

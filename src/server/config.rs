@@ -26,7 +26,9 @@ pub struct ServeConfig {
     /// Folder whose subfolders are model folders.
     #[arg(long, env = "METASGD_MODELS", default_value = "models")]
     pub models: PathBuf,
-    /// auto, cpu, cuda or cuda:N.
+    /// auto, cpu, cuda or cuda:N. With auto, a model goes to the GPU when
+    /// one is there and its forward pass costs at least 1 MFLOP an example
+    /// (conv4); smaller models (the MLP, text heads) stay on the CPU.
     #[arg(long, env = "METASGD_DEVICE", default_value = "auto")]
     pub device: String,
     /// Compute threads (candle's CPU kernels; also the number of adaptations run at once).
@@ -167,7 +169,8 @@ impl ServeConfig {
 
 /// Loads the models and builds the shared state (not yet ready).
 pub fn build_state(cfg: &ServeConfig) -> anyhow::Result<AppState> {
-    let device = crate::device::select(&cfg.device)?;
+    // Fails early on a bad --device, whatever the models.
+    crate::device::select(&cfg.device)?;
     let encoder = crate::encoder::EncoderOptions {
         ort_lib: cfg.ort_lib.clone(),
         cache: cfg.cache_dir.clone().unwrap_or_else(crate::fetch::cache_dir),
@@ -187,7 +190,7 @@ pub fn build_state(cfg: &ServeConfig) -> anyhow::Result<AppState> {
         max_memory_mb: cfg.max_request_memory_mb.max(1),
         max_activation_bytes: cfg.max_activation_mb.max(1) << 20,
     };
-    let registry = Registry::load(&cfg.models, &device, &encoder, &caps)?;
+    let registry = Registry::load(&cfg.models, &cfg.device, &encoder, &caps)?;
     let api_keys = ApiKeys::load(cfg.api_keys_file.as_deref(), &cfg.api_keys, cfg.protect_metrics)?;
     let sessions = Sessions::new(
         crate::infer::sessions::open(&cfg.sessions)?,
@@ -207,7 +210,6 @@ pub fn build_state(cfg: &ServeConfig) -> anyhow::Result<AppState> {
     let core = Core {
         registry,
         pool: Pool::new(
-            device,
             cfg.max_concurrency,
             cfg.max_in_flight_per_key,
             cfg.threads,

@@ -161,7 +161,7 @@ pub async fn shutdown_signal() {
 pub async fn run(cfg: ServeConfig) -> anyhow::Result<()> {
     let state = build_state(&cfg)?;
     for (name, m) in state.core.registry.iter() {
-        tracing::info!(model = %name, version = %m.info.version, params = m.info.num_params, "loaded");
+        tracing::info!(model = %name, version = %m.info.version, params = m.info.num_params, device = %m.info.device, "loaded");
     }
     let addr: SocketAddr = std::net::ToSocketAddrs::to_socket_addrs(&(cfg.host.as_str(), cfg.port))
         .ok()
@@ -171,6 +171,6 @@ pub async fn run(cfg: ServeConfig) -> anyhow::Result<()> {
         .await
         .map_err(|e| anyhow::anyhow!("cannot listen on {addr}: {e}"))?;
     let addr = listener.local_addr().unwrap_or(addr);
-    tracing::info!(%addr, device = %crate::device::name(state.core.pool.device()), threads = cfg.threads, "listening");
+    tracing::info!(%addr, threads = cfg.threads, "listening");
     serve(listener, state, ConnLimits::of(&cfg), shutdown_signal()).await
 }

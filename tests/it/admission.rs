@@ -304,3 +304,32 @@ async fn futures_join(handles: Vec<tokio::task::JoinHandle<Value>>) -> Vec<Value
     }
     out
 }
+
+/// A key at its session limit is refused before its adaptation runs: with a
+/// one-second deadline, a heavy adaptation that ran would time out (503);
+/// refused first, it gets 429 `session_limit` at once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_key_at_its_session_limit_is_refused_before_adapting() {
+    const KEY: &str = "limited-key-0123456789";
+    let mut cfg = ServeConfig::with_models(shipped_models());
+    cfg.api_keys = vec![KEY.into()];
+    cfg.max_sessions_per_key = 1;
+    cfg.request_timeout = 1;
+    let s = TestServer::start(cfg).await;
+    let create = |body: Value| {
+        s.client
+            .post(s.url("/v1/models/omniglot/sessions"))
+            .bearer_auth(KEY)
+            .json(&body)
+            .send()
+    };
+    let r = create(json!({"support": ink_support(5, 5)})).await.unwrap();
+    assert_eq!(r.status(), 201);
+    let r = create(json!({"support": ink_support(300, 20), "steps": 10}))
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 429);
+    let err: Value = r.json().await.unwrap();
+    assert_eq!(err["error"]["code"], "session_limit", "{err}");
+    s.stop().await;
+}

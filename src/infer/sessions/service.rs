@@ -242,12 +242,12 @@ impl Sessions {
         let (sv, r) = (served.clone(), rec.clone());
         let start = Instant::now();
         let out = pool
-            .run(&rec.owner, estimate.peak_bytes, move |dev, cancel| {
+            .run(&rec.owner, estimate.peak_bytes, move |cancel| {
                 let m = &sv.model.manifest;
                 let valid = SupportBlob::decode(&blob, r.classes.as_deref())
                     .map_err(|e| InferError::invalid("unreadable_session", e))?;
                 input::fits(m, &valid, r.steps)?;
-                let a = engine::adapt_support(&sv, &valid, r.steps, r.rows, dev, cancel)?;
+                let a = engine::adapt_support(&sv, &valid, r.steps, r.rows, cancel)?;
                 engine::check_converged(&a, r.steps, m.default_steps)?;
                 Ok(a)
             })
