@@ -343,29 +343,26 @@ mod tests {
         }
     }
 
-    /// On conv4 in f64 the chunked sum of weighted gradients is the whole
-    /// set's gradient to 1e-10: the chunking is exact, and what differs in
-    /// f32 is rounding only.
-    #[test]
-    fn chunked_conv4_adaptation_is_exact_in_f64() {
+    /// A small conv4 (4 filters) in f64 with random θ, α = 0.5, and a
+    /// 3-class support set of `x` (`[1, n, 784]`), labels cycling.
+    fn conv4_f64(x: Tensor) -> (Architecture, Vec<Tensor>, Vec<Tensor>, Support) {
         let dev = Device::Cpu;
         let arch = Architecture::Conv4 {
             channels: 1,
             side: 28,
             hidden: 4,
         };
-        let theta: Vec<Tensor> = arch
+        let theta = arch
             .params()
             .iter()
             .map(|p| Tensor::randn(0f64, 0.3, p.shape.as_slice(), &dev).unwrap())
             .collect();
-        let alpha: Vec<Tensor> = arch
+        let alpha = arch
             .params()
             .iter()
             .map(|_| Tensor::new(0.5f64, &dev).unwrap())
             .collect();
-        let n = 13;
-        let x = Tensor::rand(0f64, 1.0, (1, n, 784), &dev).unwrap();
+        let n = x.dim(1).unwrap();
         let idx: Vec<u32> = (0..n as u32).map(|i| i % 3).collect();
         let idx = Tensor::new(idx.as_slice(), &dev).unwrap();
         let onehot = Tensor::eye(3, candle_core::DType::F64, &dev)
@@ -378,6 +375,16 @@ mod tests {
             x,
             target: Target::OneHot(onehot),
         };
+        (arch, theta, alpha, s)
+    }
+
+    /// On conv4 in f64 the chunked sum of weighted gradients is the whole
+    /// set's gradient to 1e-10: the chunking is exact, and what differs in
+    /// f32 is rounding only.
+    #[test]
+    fn chunked_conv4_adaptation_is_exact_in_f64() {
+        let x = Tensor::rand(0f64, 1.0, (1, 13, 784), &Device::Cpu).unwrap();
+        let (arch, theta, alpha, s) = conv4_f64(x);
         let whole = adapt(&arch, TaskKind::Classification, &theta, &alpha, &s, 3).unwrap();
         let parts = adapt_chunked(
             &arch,
@@ -409,22 +416,6 @@ mod tests {
     /// images with large blank (tied) regions.
     #[test]
     fn window_pooling_adapts_as_the_cpu_op_at_three_steps() {
-        let dev = Device::Cpu;
-        let arch = Architecture::Conv4 {
-            channels: 1,
-            side: 28,
-            hidden: 4,
-        };
-        let theta: Vec<Tensor> = arch
-            .params()
-            .iter()
-            .map(|p| Tensor::randn(0f64, 0.3, p.shape.as_slice(), &dev).unwrap())
-            .collect();
-        let alpha: Vec<Tensor> = arch
-            .params()
-            .iter()
-            .map(|_| Tensor::new(0.5f64, &dev).unwrap())
-            .collect();
         let n = 6;
         let ink: Vec<f64> = (0..n * 784)
             .map(|i| {
@@ -435,18 +426,7 @@ mod tests {
                 }
             })
             .collect();
-        let x = Tensor::from_vec(ink, (1, n, 784), &dev).unwrap();
-        let idx = Tensor::new(&[0u32, 1, 2, 0, 1, 2], &dev).unwrap();
-        let onehot = Tensor::eye(3, candle_core::DType::F64, &dev)
-            .unwrap()
-            .index_select(&idx, 0)
-            .unwrap()
-            .unsqueeze(0)
-            .unwrap();
-        let s = Support {
-            x,
-            target: Target::OneHot(onehot),
-        };
+        let (arch, theta, alpha, s) = conv4_f64(Tensor::from_vec(ink, (1, n, 784), &Device::Cpu).unwrap());
         let cpu = adapt(&arch, TaskKind::Classification, &theta, &alpha, &s, 3).unwrap();
         let win = crate::model::conv::with_window_pooling(|| {
             adapt(&arch, TaskKind::Classification, &theta, &alpha, &s, 3).unwrap()

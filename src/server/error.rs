@@ -33,28 +33,12 @@ impl AppError {
     pub fn not_found(code: &'static str, message: impl Into<String>) -> Self {
         Self::new(StatusCode::NOT_FOUND, code, message)
     }
-    /// Too much work in flight: 429 with `Retry-After`.
-    pub fn overloaded(message: impl Into<String>) -> Self {
-        Self {
-            retry_after: Some(1),
-            ..Self::new(StatusCode::TOO_MANY_REQUESTS, "overloaded", message)
-        }
-    }
     /// Not ready, shutting down, or timed out: 503 with `Retry-After`.
     pub fn unavailable(code: &'static str, message: impl Into<String>) -> Self {
         Self {
             retry_after: Some(1),
             ..Self::new(StatusCode::SERVICE_UNAVAILABLE, code, message)
         }
-    }
-    /// A failure of ours, not the client's. The message is logged, not sent.
-    pub fn internal(err: impl std::fmt::Display) -> Self {
-        tracing::error!(error = %err, "internal error");
-        Self::new(
-            StatusCode::INTERNAL_SERVER_ERROR,
-            "internal_error",
-            "the server failed to process the request",
-        )
     }
 }
 
@@ -90,6 +74,7 @@ impl From<InferError> for AppError {
                 }
             }
             Kind::Unavailable => return Self::unavailable(e.code, e.message),
+            // A failure of ours, not the client's: the message is logged, not sent.
             Kind::Internal => {
                 tracing::error!(code = e.code, error = %e.message, "internal error");
                 return Self::new(

@@ -103,12 +103,7 @@ impl SessionStore for MemoryStore {
                 return Err(StoreError::OwnerFull(owned));
             }
         }
-        if bytes > limits.max_bytes {
-            return Err(StoreError::TooLarge {
-                bytes,
-                limit: limits.max_bytes,
-            });
-        }
+        limits.check_size(bytes)?;
         while g.lru().len() >= limits.max_sessions.max(1) || g.bytes + bytes > limits.max_bytes {
             let Some(id) = g.victim(&rec.owner) else { break };
             let Some(old) = g.pop(&id) else { break };

@@ -135,12 +135,7 @@ impl Inner {
         let now = Utc::now().timestamp_millis();
         let json = serde_json::to_vec(rec).map_err(err)?;
         let size = stored_bytes(json.len(), support.len());
-        if size > limits.max_bytes {
-            return Err(StoreError::TooLarge {
-                bytes: size,
-                limit: limits.max_bytes,
-            });
-        }
+        limits.check_size(size)?;
         let mut victims: Vec<(i64, String)> = Vec::new();
         let (mut count, mut bytes) = (index.by_id.len(), index.bytes);
         while count >= limits.max_sessions.max(1) || bytes + size > limits.max_bytes {

@@ -154,12 +154,7 @@ impl SessionStore for RedisStore {
     async fn insert(&self, rec: &Record, support: &[u8], limits: StoreLimits) -> Result<Removed, StoreError> {
         let json = serde_json::to_string(rec).map_err(err)?;
         let size = stored_bytes(json.len(), support.len());
-        if size > limits.max_bytes {
-            return Err(StoreError::TooLarge {
-                bytes: size,
-                limit: limits.max_bytes,
-            });
-        }
+        limits.check_size(size)?;
         let mut c = self.conn().await?;
         let out: Vec<i64> = self
             .insert

@@ -64,6 +64,19 @@ pub struct StoreLimits {
     pub max_per_owner: usize,
 }
 
+impl StoreLimits {
+    /// Refuses a session larger than the whole store.
+    pub fn check_size(&self, bytes: usize) -> Result<(), StoreError> {
+        if bytes > self.max_bytes {
+            return Err(StoreError::TooLarge {
+                bytes,
+                limit: self.max_bytes,
+            });
+        }
+        Ok(())
+    }
+}
+
 /// The owner whose session leaves to make room: the one holding the most
 /// sessions, `inserting` on a tie (so a burst evicts its own first).
 pub fn largest_owner<'a>(counts: impl Iterator<Item = (&'a String, &'a usize)>, inserting: &str) -> Option<String> {
