@@ -74,7 +74,14 @@ fn text_bytes(m: &crate::model::Manifest, raw: &[Box<serde_json::value::RawValue
 impl Core {
     /// Checks and prices an adaptation on `model` (and `queries` predictions
     /// after it), refusing it over a limit. Decodes nothing but the labels.
-    fn price(&self, model: &str, support: &SupportSet, steps: Option<i64>, queries: &RawInputs) -> Result<Priced> {
+    /// `queries` is `None` for a session's creation (nothing to predict).
+    fn price(
+        &self,
+        model: &str,
+        support: &SupportSet,
+        steps: Option<i64>,
+        queries: Option<&RawInputs>,
+    ) -> Result<Priced> {
         let served = self.registry.get(model)?;
         let m = &served.model.manifest;
         let steps = input::steps(m, steps)?;
@@ -83,9 +90,11 @@ impl Core {
             ..self.inputs.clone()
         };
         input::check_support_counts(support, &limits)?;
-        if !queries.is_empty() {
-            input::check_count(queries.len(), "inputs", served.limits.max_inputs)?;
+        if let Some(q) = queries {
+            input::check_count(q.len(), "inputs", served.limits.max_inputs)?;
         }
+        let no_queries = RawInputs::new();
+        let queries = queries.unwrap_or(&no_queries);
         let labels = input::labels(m, &support.labels)?;
         let counts = Counts {
             support: support.inputs.len(),
@@ -149,7 +158,7 @@ impl Core {
         steps: Option<i64>,
         inputs: RawInputs,
     ) -> Result<Predicted> {
-        let p = self.price(model, &support, steps, &inputs)?;
+        let p = self.price(model, &support, steps, Some(&inputs))?;
         let (limits, rows) = (self.inputs.clone(), p.rows);
         let n = inputs.len();
         let out = self
@@ -173,7 +182,7 @@ impl Core {
         ttl_seconds: Option<i64>,
     ) -> Result<Created> {
         let ttl = input::ttl(ttl_seconds, self.default_ttl_seconds, self.inputs.max_ttl_seconds)?;
-        let p = self.price(model, &support, steps, &Vec::new())?;
+        let p = self.price(model, &support, steps, None)?;
         self.sessions.check_room(owner).await?;
         let (served, steps, rows) = (p.served.clone(), p.steps, p.rows);
         let (valid, blob, a) = self

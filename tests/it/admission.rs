@@ -333,3 +333,20 @@ async fn a_key_at_its_session_limit_is_refused_before_adapting() {
     assert_eq!(err["error"]["code"], "session_limit", "{err}");
     s.stop().await;
 }
+
+/// Regression (schemathesis ST201): a stateless predict with no inputs was
+/// answered 200 with no predictions; it is 422 `empty_inputs`, like a
+/// session predict's.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn stateless_predict_with_no_inputs_is_refused() {
+    let s = TestServer::with_models(shipped_models()).await;
+    let mut req = sine_request();
+    req["inputs"] = json!([]);
+    let (st, err) = s.post("/v1/models/sinusoid/predict", req).await;
+    assert_eq!(
+        (st, err["error"]["code"].as_str()),
+        (422, Some("empty_inputs")),
+        "{err}"
+    );
+    s.stop().await;
+}
