@@ -8,6 +8,7 @@
 //! all-MiniLM-L6-v2 with mean pooling and normalization, as
 //! sentence-transformers does.
 
+pub mod cache;
 pub mod minilm;
 pub mod prefetch;
 pub mod runtime;
@@ -59,6 +60,8 @@ pub struct EncoderOptions {
     pub threads: usize,
     /// Texts per ONNX Runtime call.
     pub batch: usize,
+    /// Bytes of the embedding cache (0: none).
+    pub cache_bytes: usize,
 }
 
 impl Default for EncoderOptions {
@@ -69,6 +72,7 @@ impl Default for EncoderOptions {
             sessions: 1,
             threads: 1,
             batch: 32,
+            cache_bytes: 0,
         }
     }
 }
@@ -83,6 +87,8 @@ pub struct Encoder {
     /// The token inputs the ONNX model declares, in its order.
     inputs: Vec<String>,
     batch: usize,
+    /// `None`: off, or this encoder's embeddings depend on the batch.
+    cache: Option<cache::EmbeddingCache>,
 }
 
 /// Token ids, attention mask and type ids of one text.
@@ -136,14 +142,44 @@ impl Encoder {
             bail!("{} has no output `{}` (it has {names:?})", model.display(), spec.output);
         }
         drop(s0);
-        Ok(Encoder {
+        let mut enc = Encoder {
             spec: spec.clone(),
             tokenizer,
             sessions,
             next: AtomicUsize::new(0),
             inputs,
             batch: opts.batch.max(1),
-        })
+            cache: None,
+        };
+        if opts.cache_bytes > 0 {
+            if enc.batch_independent()? {
+                enc.cache = Some(cache::EmbeddingCache::new(opts.cache_bytes));
+            } else {
+                tracing::warn!(
+                    encoder = %spec.name,
+                    "this encoder's embeddings change with padding in a batch; the embedding cache is off, \
+                     so that replays stay bit-exact"
+                );
+            }
+        }
+        Ok(enc)
+    }
+
+    /// Whether a text embeds to the same bits alone and padded in a batch
+    /// beside a longer one (then a cached vector is the one a fresh batch
+    /// would give).
+    fn batch_independent(&self) -> anyhow::Result<bool> {
+        let short = "a short probe";
+        let long = "a much longer probe sentence, padded beside the short one, about several unrelated things";
+        let d = self.spec.dim;
+        let alone = self.embed_uncached(&[short])?;
+        let batched = self.embed_uncached(&[long, short])?;
+        Ok(alone[..] == batched[d..2 * d])
+    }
+
+    /// Embeddings cached now: (entries, bytes), or `None` with the cache off.
+    pub fn cache_usage(&self) -> Option<(usize, usize)> {
+        self.cache.as_ref().map(|c| c.usage())
     }
 
     /// Tokenizes texts as the encoder will see them (truncated, not padded).
@@ -162,8 +198,51 @@ impl Encoder {
             .collect())
     }
 
-    /// One vector per text, row-major `[texts, dim]`.
+    /// One vector per text, row-major `[texts, dim]`: cached ones from the
+    /// cache, the others (each distinct text once) encoded in batches.
     pub fn embed(&self, texts: &[&str]) -> anyhow::Result<Vec<f32>> {
+        let Some(cache) = &self.cache else {
+            return self.embed_uncached(texts);
+        };
+        let d = self.spec.dim;
+        let mut out = vec![0f32; texts.len() * d];
+        let mut missing: Vec<&str> = Vec::new();
+        let mut wanted: std::collections::HashMap<&str, Vec<usize>> = std::collections::HashMap::new();
+        for (i, t) in texts.iter().enumerate() {
+            match cache.get(t) {
+                Some(v) => out[i * d..(i + 1) * d].copy_from_slice(&v),
+                None => {
+                    let at = wanted.entry(t).or_default();
+                    if at.is_empty() {
+                        missing.push(t);
+                    }
+                    at.push(i);
+                }
+            }
+        }
+        let hits = texts.len() - wanted.values().map(Vec::len).sum::<usize>();
+        metrics::counter!("metasgd_embedding_cache_requests_total", "encoder" => self.spec.name.clone(), "result" => "hit")
+            .increment(hits as u64);
+        metrics::counter!("metasgd_embedding_cache_requests_total", "encoder" => self.spec.name.clone(), "result" => "miss")
+            .increment((texts.len() - hits) as u64);
+        if !missing.is_empty() {
+            let v = self.embed_uncached(&missing)?;
+            for (k, t) in missing.iter().enumerate() {
+                let row = &v[k * d..(k + 1) * d];
+                for &i in &wanted[t] {
+                    out[i * d..(i + 1) * d].copy_from_slice(row);
+                }
+                cache.insert(t, row);
+            }
+            let (entries, bytes) = cache.usage();
+            metrics::gauge!("metasgd_embedding_cache_bytes", "encoder" => self.spec.name.clone()).set(bytes as f64);
+            metrics::gauge!("metasgd_embedding_cache_entries", "encoder" => self.spec.name.clone()).set(entries as f64);
+        }
+        Ok(out)
+    }
+
+    /// [`Encoder::embed`] without the cache.
+    pub fn embed_uncached(&self, texts: &[&str]) -> anyhow::Result<Vec<f32>> {
         let mut out = Vec::with_capacity(texts.len() * self.spec.dim);
         for chunk in texts.chunks(self.batch) {
             let tokens = self.tokenize(chunk)?;

@@ -6,6 +6,15 @@
 use metrics::{counter, describe_counter, describe_gauge, describe_histogram, gauge, histogram};
 
 pub fn describe() {
+    describe_counter!(
+        "metasgd_embedding_cache_requests_total",
+        "Texts looked up in an encoder's embedding cache, by encoder and result (hit or miss)"
+    );
+    describe_gauge!(
+        "metasgd_embedding_cache_bytes",
+        "Bytes of embeddings cached, by encoder"
+    );
+    describe_gauge!("metasgd_embedding_cache_entries", "Embeddings cached, by encoder");
     describe_counter!("metasgd_adaptations_total", "Adaptations run, by model");
     describe_histogram!("metasgd_adaptation_duration_seconds", "Time spent adapting, by model");
     describe_counter!("metasgd_predictions_total", "Inputs predicted, by model");

@@ -124,6 +124,11 @@ pub struct ServeConfig {
     /// Texts per encoder call.
     #[arg(long, env = "METASGD_ENCODER_BATCH", default_value_t = 32)]
     pub encoder_batch: usize,
+    /// Memory for each text model's cache of embeddings, in MiB (0: off);
+    /// a text seen before (a replay, a repeated support sentence) is not
+    /// encoded again.
+    #[arg(long, env = "METASGD_EMBEDDING_CACHE_MB", default_value_t = 64)]
+    pub embedding_cache_mb: usize,
     /// Per-request compute timeout, in seconds.
     #[arg(long, env = "METASGD_REQUEST_TIMEOUT", default_value_t = 30)]
     pub request_timeout: u64,
@@ -177,6 +182,7 @@ pub fn build_state(cfg: &ServeConfig) -> anyhow::Result<AppState> {
         sessions: cfg.encoder_sessions.max(1),
         threads: cfg.encoder_threads.unwrap_or(cfg.threads).max(1),
         batch: cfg.encoder_batch.max(1),
+        cache_bytes: cfg.embedding_cache_mb << 20,
     };
     anyhow::ensure!(
         cfg.max_request_gflop.is_finite() && cfg.max_request_gflop > 0.0,

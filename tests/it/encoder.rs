@@ -114,3 +114,38 @@ fn a_text_embeds_the_same_alone_and_padded_in_a_batch() {
         .fold(0f32, f32::max);
     assert!(diff < 1e-4, "padding changed the embedding by {diff}");
 }
+
+/// The embedding cache gives the bits a fresh batch would: MiniLM int8
+/// embeds a text to the same bits alone and padded beside longer ones, so
+/// the encoder turns its cache on; repeated and new texts mixed in one call
+/// equal an uncached encoder's output, and each distinct text is kept once.
+#[test]
+fn cached_embeddings_are_the_bits_a_fresh_batch_gives() {
+    let opts = EncoderOptions {
+        threads: 2,
+        cache_bytes: 1 << 20,
+        ..Default::default()
+    };
+    let enc = Encoder::load(&minilm::spec(), std::path::Path::new("."), &opts).unwrap();
+    assert!(
+        enc.cache_usage().is_some(),
+        "the cache is on for a batch-independent encoder"
+    );
+    assert!(encoder().cache_usage().is_none(), "and off without cache bytes");
+    let first = enc.embed(&["book a flight to rome", "play some jazz"]).unwrap();
+    assert_eq!(enc.cache_usage().unwrap().0, 2);
+    let texts = [
+        "play some jazz",
+        "a sentence not seen before, rather longer than the other ones here",
+        "book a flight to rome",
+        "play some jazz",
+    ];
+    let mixed = enc.embed(&texts).unwrap();
+    assert_eq!(
+        mixed,
+        encoder().embed(&texts).unwrap(),
+        "cached rows are bit-identical to fresh ones"
+    );
+    assert_eq!(mixed[2 * 384..3 * 384], first[..384]);
+    assert_eq!(enc.cache_usage().unwrap().0, 3);
+}
