@@ -398,15 +398,7 @@ mod tests {
         )
         .unwrap();
         for (p, q) in whole.params.iter().zip(&parts.params) {
-            let d = p
-                .sub(q)
-                .unwrap()
-                .abs()
-                .unwrap()
-                .max_all()
-                .unwrap()
-                .to_scalar::<f64>()
-                .unwrap();
+            let d = max_abs_diff(p, q);
             assert!(d < 1e-10, "{d}");
         }
     }
@@ -432,15 +424,7 @@ mod tests {
             adapt(&arch, TaskKind::Classification, &theta, &alpha, &s, 3).unwrap()
         });
         for (p, q) in cpu.params.iter().zip(&win.params) {
-            let d = p
-                .sub(q)
-                .unwrap()
-                .abs()
-                .unwrap()
-                .max_all()
-                .unwrap()
-                .to_scalar::<f64>()
-                .unwrap();
+            let d = max_abs_diff(p, q);
             assert!(d < 1e-12, "{d}");
         }
     }
@@ -487,14 +471,17 @@ mod tests {
         assert_eq!(calls, 3);
     }
 
-    fn max_abs_diff(a: &Tensor, b: &Tensor) -> f32 {
+    /// Largest |a − b|, in f64 whatever the tensors' dtype.
+    fn max_abs_diff(a: &Tensor, b: &Tensor) -> f64 {
         a.sub(b)
             .unwrap()
             .abs()
             .unwrap()
             .max_all()
             .unwrap()
-            .to_scalar::<f32>()
+            .to_dtype(candle_core::DType::F64)
+            .unwrap()
+            .to_scalar::<f64>()
             .unwrap()
     }
 
