@@ -6,6 +6,7 @@
 //! (`[T, out, in]`), which is what adaptation produces: one θ' per task.
 
 pub mod adapt;
+pub mod batch;
 pub mod conv;
 mod cpu_op;
 pub mod encoder_spec;
