@@ -146,7 +146,7 @@ fn batch(data: &Omniglot, rng: &mut ChaCha8Rng, b: usize, device: &Device) -> an
 }
 
 fn cross_entropy(logits: &Tensor, labels: &Tensor) -> candle_core::Result<(Tensor, f64)> {
-    let logp = candle_core_log_softmax(logits)?;
+    let logp = crate::model::log_softmax(logits)?;
     let picked = logp.gather(&labels.unsqueeze(1)?, 1)?;
     let acc = logits
         .argmax(D::Minus1)?
@@ -155,13 +155,6 @@ fn cross_entropy(logits: &Tensor, labels: &Tensor) -> candle_core::Result<(Tenso
         .mean_all()?
         .to_scalar::<f64>()?;
     Ok((picked.mean_all()?.neg()?, acc))
-}
-
-fn candle_core_log_softmax(x: &Tensor) -> candle_core::Result<Tensor> {
-    let m = x.max_keepdim(D::Minus1)?.detach();
-    let s = x.broadcast_sub(&m)?;
-    let lse = s.exp()?.sum_keepdim(D::Minus1)?.log()?;
-    s.broadcast_sub(&lse)
 }
 
 /// Folds batch norm into the convolutions, with statistics measured layer by

@@ -122,15 +122,8 @@ pub fn weighted_loss(task: TaskKind, pred: &Tensor, p: &Padded) -> Result<Tensor
         (TaskKind::Regression, PaddedTarget::Values(y)) => pred.sub(y)?.sqr()?.sum(D::Minus1)?,
         (TaskKind::Classification, PaddedTarget::Classes { onehot, mask }) => {
             let c = onehot.dim(D::Minus1)?;
-            let logits = pred.narrow(D::Minus1, 0, c)?.broadcast_add(mask)?;
-            let m = logits.max_keepdim(D::Minus1)?.detach();
-            let lse = logits
-                .broadcast_sub(&m)?
-                .exp()?
-                .sum_keepdim(D::Minus1)?
-                .log()?
-                .broadcast_add(&m)?;
-            (logits.broadcast_sub(&lse)? * onehot)?.sum(D::Minus1)?.neg()?
+            let logp = super::log_softmax(&pred.narrow(D::Minus1, 0, c)?.broadcast_add(mask)?)?;
+            (logp * onehot)?.sum(D::Minus1)?.neg()?
         }
         _ => candle_core::bail!("target does not match the task kind"),
     };

@@ -295,20 +295,24 @@ pub fn loss_per_task(task: TaskKind, pred: &Tensor, target: &Target) -> Result<T
         (TaskKind::Classification, Target::OneHot(onehot)) => {
             // onehot is [T, N, C] with C <= out: extra outputs are masked out.
             let c = onehot.dim(D::Minus1)?;
-            let logits = pred.narrow(D::Minus1, 0, c)?;
-            let m = logits.max_keepdim(D::Minus1)?.detach();
-            let lse = logits
-                .broadcast_sub(&m)?
-                .exp()?
-                .sum_keepdim(D::Minus1)?
-                .log()?
-                .broadcast_add(&m)?;
-            let logp = logits.broadcast_sub(&lse)?;
+            let logp = log_softmax(&pred.narrow(D::Minus1, 0, c)?)?;
             let n = onehot.dim(1)? as f64;
             (logp * onehot)?.sum(D::Minus1)?.sum(1)?.affine(-1.0 / n, 0.0)
         }
         _ => Err(candle_core::Error::Msg("target does not match the task kind".into())),
     }
+}
+
+/// log-softmax over the last dimension, stabilized by the (detached) row maximum.
+pub fn log_softmax(logits: &Tensor) -> Result<Tensor> {
+    let m = logits.max_keepdim(D::Minus1)?.detach();
+    let lse = logits
+        .broadcast_sub(&m)?
+        .exp()?
+        .sum_keepdim(D::Minus1)?
+        .log()?
+        .broadcast_add(&m)?;
+    logits.broadcast_sub(&lse)
 }
 
 /// What a loss compares predictions with.

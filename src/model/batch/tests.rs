@@ -8,11 +8,24 @@ use crate::model::adapt::{adapt, select_task, Support};
 use crate::model::Target;
 
 fn bits(t: &Tensor) -> Vec<u32> {
-    t.flatten_all().unwrap().to_vec1::<f32>().unwrap().iter().map(|v| v.to_bits()).collect()
+    t.flatten_all()
+        .unwrap()
+        .to_vec1::<f32>()
+        .unwrap()
+        .iter()
+        .map(|v| v.to_bits())
+        .collect()
 }
 
 fn max_diff(a: &Tensor, b: &Tensor) -> f32 {
-    a.sub(b).unwrap().abs().unwrap().max_all().unwrap().to_scalar::<f32>().unwrap()
+    a.sub(b)
+        .unwrap()
+        .abs()
+        .unwrap()
+        .max_all()
+        .unwrap()
+        .to_scalar::<f32>()
+        .unwrap()
 }
 
 fn random_params(arch: &Architecture, seed: u64) -> (Vec<Tensor>, Vec<Tensor>) {
@@ -52,7 +65,11 @@ fn tasks(dim: usize, sizes: &[(usize, usize)], regression: bool) -> Vec<Owned> {
         .map(|&(n, c)| Owned {
             x: (0..n * dim).map(|_| r()).collect(),
             n,
-            y: if regression { (0..n).map(|_| r()).collect() } else { vec![] },
+            y: if regression {
+                (0..n).map(|_| r()).collect()
+            } else {
+                vec![]
+            },
             index: (0..n as u32).map(|i| i % c as u32).collect(),
             classes: c,
         })
@@ -86,7 +103,11 @@ fn check(arch: &Architecture, task: TaskKind, sizes: &[(usize, usize)], steps: u
     let ts = tasks(dim, sizes, regression);
     let all = sets(&ts, regression);
     let rows = all.iter().map(|s| row_bucket(s.n)).max().unwrap();
-    let classes = if regression { 1 } else { ts.iter().map(|t| class_bucket(t.classes)).max().unwrap() };
+    let classes = if regression {
+        1
+    } else {
+        ts.iter().map(|t| class_bucket(t.classes)).max().unwrap()
+    };
     let batch = pad(&all, dim, rows, classes, &dev).unwrap();
     let together = adapt_padded(arch, task, &theta, &alpha, &batch, steps, &mut || Ok(())).unwrap();
     let queries: Vec<(&[f32], usize)> = ts.iter().map(|t| (t.x.as_slice(), t.n)).collect();
@@ -98,13 +119,21 @@ fn check(arch: &Architecture, task: TaskKind, sizes: &[(usize, usize)], steps: u
         let alone = adapt_padded(arch, task, &theta, &alpha, &one, steps, &mut || Ok(())).unwrap();
         let mine = select_task(&together.params, i).unwrap();
         for (p, q) in mine.iter().zip(&alone.params) {
-            assert_eq!(bits(p), bits(q), "task {i}: parameters differ between alone and batched");
+            assert_eq!(
+                bits(p),
+                bits(q),
+                "task {i}: parameters differ between alone and batched"
+            );
         }
         assert_eq!(alone.loss_before[0].to_bits(), together.loss_before[i].to_bits());
         assert_eq!(alone.loss_after[0].to_bits(), together.loss_after[i].to_bits());
         let q1 = pad_inputs(&queries[i..i + 1], dim, rows, &dev).unwrap();
         let out_alone = arch.forward(&alone.params, &q1).unwrap();
-        assert_eq!(bits(&out_alone), bits(&out_together.narrow(0, i, 1).unwrap()), "task {i}: predictions");
+        assert_eq!(
+            bits(&out_alone),
+            bits(&out_together.narrow(0, i, 1).unwrap()),
+            "task {i}: predictions"
+        );
         // Predictions from a batch of stacked per-task parameters, as
         // predictions for several sessions run.
         let stacked = stack_tasks(&[&alone.params, &mine]).unwrap();
@@ -131,7 +160,9 @@ fn check(arch: &Architecture, task: TaskKind, sizes: &[(usize, usize)], steps: u
 
 #[test]
 fn mlp_regression_alone_equals_batched_bit_for_bit() {
-    let arch = Architecture::Mlp { sizes: vec![1, 40, 40, 1] };
+    let arch = Architecture::Mlp {
+        sizes: vec![1, 40, 40, 1],
+    };
     check(&arch, TaskKind::Regression, &[(10, 1), (11, 1), (9, 1), (12, 1)], 3);
     check(&arch, TaskKind::Regression, &[(5, 1), (6, 1)], 1);
 }
