@@ -169,3 +169,74 @@ pub fn predict(
         }
     }
 }
+
+/// Adapts several decoded support sets of one model at once, each padded
+/// to its bucket (`model::batch`): the same bits as each alone through
+/// [`adapt_padded_one`]. `cancelled` stops the batch between steps once it
+/// is true (when every request in it has gone).
+pub fn adapt_batch(
+    served: &ServedModel,
+    sets: &[&ValidSupport],
+    steps: usize,
+    cancelled: &dyn Fn() -> bool,
+) -> Result<Vec<AdaptedModel>> {
+    use crate::model::batch::{adapt_padded, class_bucket, pad, row_bucket, Labels, TaskSet};
+    let (model, device) = (&served.model, &served.device);
+    let dim = model.architecture().input_dim();
+    let mut tasks = Vec::with_capacity(sets.len());
+    for s in sets {
+        let Inputs::Values(x) = &s.inputs else {
+            return Err(InferError::internal("internal_error", "texts reached the batched path"));
+        };
+        let labels = match &s.labels {
+            ValidLabels::Values(y) => Labels::Values {
+                y,
+                out: y.len() / s.n.max(1),
+            },
+            ValidLabels::Classes { index, classes } => Labels::Classes {
+                index,
+                classes: classes.len(),
+            },
+        };
+        tasks.push(TaskSet { x, n: s.n, labels });
+    }
+    let rows = tasks.iter().map(|t| row_bucket(t.n)).max().unwrap_or(1);
+    let classes = sets.iter().map(|s| class_bucket(s.labels.outputs())).max().unwrap_or(1);
+    let padded = pad(&tasks, dim, rows, classes, device)?;
+    let mut check = || {
+        if cancelled() {
+            Err(candle_core::Error::Msg(super::error::CANCELLED.into()))
+        } else {
+            Ok(())
+        }
+    };
+    let a = adapt_padded(
+        model.architecture(),
+        model.manifest.task,
+        &model.theta,
+        &model.alpha,
+        &padded,
+        steps,
+        &mut check,
+    )?;
+    (0..sets.len())
+        .map(|i| {
+            Ok(AdaptedModel {
+                params: a
+                    .params
+                    .iter()
+                    .map(|p| p.narrow(0, i, 1)?.copy())
+                    .collect::<candle_core::Result<_>>()?,
+                loss_before: a.loss_before[i],
+                loss_after: a.loss_after[i],
+            })
+        })
+        .collect()
+}
+
+/// One support set adapted the batched way, alone: what a replay of a
+/// session created by the batcher runs.
+pub fn adapt_padded_one(served: &ServedModel, s: &ValidSupport, steps: usize, cancel: &Cancel) -> Result<AdaptedModel> {
+    let mut out = adapt_batch(served, &[s], steps, &|| cancel.is_cancelled())?;
+    Ok(out.remove(0))
+}

@@ -56,6 +56,7 @@ pub fn describe() {
         "Adaptations replayed from a stored session on a cache miss, by model"
     );
     describe_histogram!("metasgd_replay_duration_seconds", "Time spent replaying, by model");
+    describe_histogram!("metasgd_batch_size", "Adaptations run together in one batch, by model");
     describe_counter!(
         "metasgd_readaptations_total",
         "Sessions re-adapted because their model's version changed, by model"
@@ -84,6 +85,10 @@ pub fn adaptation(model: &str, seconds: f64) {
 }
 
 /// Texts run through a model's encoder, and the time the batch took.
+pub fn batch(model: &str, size: usize) {
+    histogram!("metasgd_batch_size", "model" => model.to_owned()).record(size as f64);
+}
+
 pub fn encoded(model: &str, texts: usize, seconds: f64) {
     counter!("metasgd_encoded_texts_total", "model" => model.to_owned()).increment(texts as u64);
     histogram!("metasgd_encode_duration_seconds", "model" => model.to_owned()).record(seconds);

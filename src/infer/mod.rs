@@ -11,6 +11,7 @@
 //!
 //! Errors are [`InferError`]s; `server::error` maps them to HTTP once.
 
+pub mod batch;
 pub mod cost;
 pub mod engine;
 pub mod error;
@@ -40,6 +41,7 @@ use sessions::{new_id, Record, SupportBlob};
 pub struct Core {
     pub registry: Registry,
     pub pool: Pool,
+    pub batcher: batch::Batcher,
     pub sessions: Sessions,
     pub inputs: InputLimits,
     pub caps: ServerCaps,
@@ -115,14 +117,41 @@ impl Core {
         })
     }
 
-    /// Decodes the support set and adapts, on the pool; then `after` runs
-    /// on the same worker with the decoded set and the adapted model.
-    async fn adapt_then<T, F>(&self, owner: &str, p: Priced, support: SupportSet, after: F) -> Result<T>
+    /// Decodes the support set and adapts, on the pool or (numeric inputs
+    /// in one chunk, batching on) in a batch with other requests; then
+    /// `after` runs on the same thread with the decoded set and the adapted
+    /// model. Also says whether the adaptation was padded (batched).
+    async fn adapt_then<T, F>(&self, owner: &str, p: Priced, support: SupportSet, after: F) -> Result<(T, bool)>
     where
         T: Send + 'static,
         F: FnOnce(&Arc<ServedModel>, ValidSupport, AdaptedModel, &pool::Cancel) -> Result<T> + Send + 'static,
     {
         let limits = self.inputs.clone();
+        if self.batcher.takes(&p.served, support.inputs.len(), p.rows) {
+            let after: batch::After =
+                Box::new(move |served, valid, a, cancel| Ok(Box::new(after(served, valid, a, cancel)?)));
+            let out = self
+                .pool
+                .admitted(owner, |cancel| {
+                    let (reply, answer) = tokio::sync::oneshot::channel();
+                    self.batcher.submit(batch::Job {
+                        served: p.served,
+                        support,
+                        labels: p.labels,
+                        steps: p.steps,
+                        limits,
+                        cancel,
+                        after,
+                        reply,
+                    });
+                    async move { answer.await.map_err(|_| batch::lost())? }
+                })
+                .await?;
+            let out = out
+                .downcast::<T>()
+                .map_err(|_| InferError::internal("internal_error", "a batch answered with the wrong type"))?;
+            return Ok((*out, true));
+        }
         let start = Instant::now();
         let (name, peak) = (p.served.info.name.clone(), p.peak);
         let out = self
@@ -146,7 +175,7 @@ impl Core {
             })
             .await?;
         metrics::adaptation(&name, start.elapsed().as_secs_f64());
-        Ok(out)
+        Ok((out, false))
     }
 
     /// Adapts on the support set and predicts `inputs`, keeping nothing.
@@ -161,7 +190,7 @@ impl Core {
         let p = self.price(model, &support, steps, Some(&inputs))?;
         let (limits, rows) = (self.inputs.clone(), p.rows);
         let n = inputs.len();
-        let out = self
+        let (out, _) = self
             .adapt_then(owner, p, support, move |served, valid, a, cancel| {
                 let q = input::decode_inputs(&served.model.manifest, &inputs, "inputs", &limits, cancel)?;
                 let classes = classes_of(&valid.labels);
@@ -185,7 +214,7 @@ impl Core {
         let p = self.price(model, &support, steps, None)?;
         self.sessions.check_room(owner).await?;
         let (served, steps, rows) = (p.served.clone(), p.steps, p.rows);
-        let (valid, blob, a) = self
+        let ((valid, blob, a), padded) = self
             .adapt_then(owner, p, support, |_, valid, a, _| {
                 let blob = SupportBlob::encode(&valid);
                 Ok((valid, blob, a))
@@ -200,6 +229,7 @@ impl Core {
             steps,
             rows,
             support_size: valid.n,
+            padded,
             classes: classes_of(&valid.labels),
             created_at: now,
             expires_at: now + chrono::Duration::seconds(ttl as i64),

@@ -166,15 +166,8 @@ impl Pool {
         T: Send + 'static,
         F: FnOnce(&Cancel) -> Result<T> + Send + 'static,
     {
-        let (_admitted, _slot) = self.admit(owner)?;
-        let _in_flight = metrics::InFlight::start();
-        let mut guard = CancelOnDrop {
-            cancel: Cancel::default(),
-            finished: false,
-            timed_out: false,
-        };
-        let (cancel, workers) = (guard.cancel.clone(), self.workers.clone());
-        let work = async move {
+        let workers = self.workers.clone();
+        self.admitted(owner, move |cancel| async move {
             let permit = workers
                 .acquire_owned()
                 .await
@@ -189,7 +182,26 @@ impl Pool {
                 out
             });
             job.await.map_err(|e| InferError::internal("internal_error", e))?
+        })
+        .await
+    }
+
+    /// Admits a request for `owner` and awaits the work `start` begins (for
+    /// example a job handed to the batcher), within the deadline, raising
+    /// the request's [`Cancel`] if it times out or is dropped.
+    pub async fn admitted<T, S, Fut>(&self, owner: &str, start: S) -> Result<T>
+    where
+        S: FnOnce(Cancel) -> Fut,
+        Fut: std::future::Future<Output = Result<T>>,
+    {
+        let (_admitted, _slot) = self.admit(owner)?;
+        let _in_flight = metrics::InFlight::start();
+        let mut guard = CancelOnDrop {
+            cancel: Cancel::default(),
+            finished: false,
+            timed_out: false,
         };
+        let work = start(guard.cancel.clone());
         match tokio::time::timeout(self.timeout, work).await {
             Ok(r) => {
                 guard.finished = true;

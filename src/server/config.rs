@@ -7,6 +7,7 @@ use std::time::Duration;
 
 use super::auth::{ApiKeys, Auth};
 use super::state::AppState;
+use crate::infer::batch::{BatchConfig, Batcher};
 use crate::infer::cost::ServerCaps;
 use crate::infer::input::InputLimits;
 use crate::infer::pool::Pool;
@@ -52,6 +53,14 @@ pub struct ServeConfig {
     /// query sets run in chunks of as many examples as fit.
     #[arg(long, env = "METASGD_MAX_ACTIVATION_MB", default_value_t = 256)]
     pub max_activation_mb: u64,
+    /// Most adaptations run together in one batch (numeric-input models);
+    /// 1 turns cross-request batching off.
+    #[arg(long, env = "METASGD_MAX_BATCH", default_value_t = 32)]
+    pub max_batch: usize,
+    /// How long, in µs, the oldest queued adaptation waits for others to
+    /// batch with. 0: a batch is what queued while the threads were busy.
+    #[arg(long, env = "METASGD_BATCH_WAIT_US", default_value_t = 0)]
+    pub batch_wait_us: u64,
     /// Where sessions live: memory, redb:PATH (survives restarts) or
     /// redis://HOST:PORT[/DB] (shared by replicas).
     #[arg(long, env = "METASGD_SESSIONS", default_value = "memory")]
@@ -215,6 +224,11 @@ pub fn build_state(cfg: &ServeConfig) -> anyhow::Result<AppState> {
     );
     let core = Core {
         registry,
+        batcher: Batcher::start(BatchConfig {
+            max_batch: cfg.max_batch.max(1),
+            wait: Duration::from_micros(cfg.batch_wait_us),
+            threads: cfg.threads.max(1),
+        }),
         pool: Pool::new(
             cfg.max_concurrency,
             cfg.max_in_flight_per_key,

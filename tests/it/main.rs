@@ -7,6 +7,7 @@ mod common;
 mod admission;
 mod api;
 mod auth;
+mod batching;
 mod concurrency;
 mod connections;
 mod encoder;

@@ -29,6 +29,7 @@ fn record(id: &str, owner: &str, ttl_ms: i64) -> Record {
         steps: 3,
         rows: 64,
         support_size: 2,
+        padded: true,
         classes: Some(vec![serde_json::json!("a"), serde_json::json!(7)]),
         created_at: now,
         expires_at: now + chrono::Duration::milliseconds(ttl_ms),

@@ -247,7 +247,11 @@ impl Sessions {
                 let valid = SupportBlob::decode(&blob, r.classes.as_deref())
                     .map_err(|e| InferError::invalid("unreadable_session", e))?;
                 input::fits(m, &valid, r.steps)?;
-                let a = engine::adapt_support(&sv, &valid, r.steps, r.rows, cancel)?;
+                let a = if r.padded {
+                    engine::adapt_padded_one(&sv, &valid, r.steps, cancel)?
+                } else {
+                    engine::adapt_support(&sv, &valid, r.steps, r.rows, cancel)?
+                };
                 engine::check_converged(&a, r.steps, m.default_steps)?;
                 Ok(a)
             })

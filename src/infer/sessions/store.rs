@@ -20,6 +20,10 @@ pub struct Record {
     /// the same, so its float operations are the same.
     pub rows: usize,
     pub support_size: usize,
+    /// Adapted by the batcher, padded to its bucket (`model::batch`); a
+    /// replay pads the same way. Absent in records of earlier versions.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub padded: bool,
     pub classes: Option<Vec<Value>>,
     pub created_at: DateTime<Utc>,
     pub expires_at: DateTime<Utc>,

@@ -1,0 +1,170 @@
+//! Cross-request batching: requests that ran in one batch get the bits they
+//! get alone, sessions made under load predict like the same support set
+//! sent alone, and batching on or off gives the same mathematics.
+
+use crate::common;
+
+use common::{shipped_models, TestServer};
+use metasgd::server::ServeConfig;
+use serde_json::{json, Value};
+use std::sync::Arc;
+
+fn sinusoid_request(c: usize) -> Value {
+    // 9 to 12 support points: one row bucket, so they may share a batch.
+    let k = 9 + c % 4;
+    let amplitude = 0.5 + 0.3 * c as f64;
+    let xs: Vec<f64> = (0..k)
+        .map(|i| -4.0 + 7.5 * i as f64 / (k - 1) as f64 + 0.01 * c as f64)
+        .collect();
+    json!({"support": {"inputs": xs.iter().map(|x| json!([x])).collect::<Vec<_>>(),
+                       "labels": xs.iter().map(|x| amplitude * x.sin()).collect::<Vec<_>>()},
+           "steps": 1 + c % 2,
+           "inputs": [[-3.0], [-0.5], [1.25], [4.0]]})
+}
+
+fn omniglot_request(c: usize) -> Value {
+    // 3 to 5 classes of one random 28×28 image each, queries of the same.
+    let classes = 3 + c % 3;
+    let mut s = 99 + c as u64;
+    let mut image = || {
+        (0..28)
+            .map(|_| {
+                (0..28)
+                    .map(|_| {
+                        s = s.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
+                        if (s >> 61) == 0 {
+                            1.0
+                        } else {
+                            0.0
+                        }
+                    })
+                    .collect::<Vec<f64>>()
+            })
+            .collect::<Vec<_>>()
+    };
+    let inputs: Vec<_> = (0..classes).map(|_| image()).collect();
+    let queries: Vec<_> = (0..3).map(|_| image()).collect();
+    json!({"support": {"inputs": inputs, "labels": (0..classes).map(|i| format!("c{i}")).collect::<Vec<_>>()},
+           "inputs": queries})
+}
+
+async fn batching_server(max_batch: usize, wait_us: u64) -> Arc<TestServer> {
+    let mut cfg = ServeConfig::with_models(shipped_models());
+    cfg.max_batch = max_batch;
+    cfg.batch_wait_us = wait_us;
+    cfg.threads = 1;
+    Arc::new(TestServer::start(cfg).await)
+}
+
+/// Sends every request at once and returns the answers in order.
+async fn all_at_once(s: &Arc<TestServer>, path: &str, bodies: &[Value]) -> Vec<Value> {
+    let tasks: Vec<_> = bodies
+        .iter()
+        .map(|b| {
+            let (s, b, path) = (s.clone(), b.clone(), path.to_owned());
+            tokio::spawn(async move { s.post(&path, b).await })
+        })
+        .collect();
+    let mut out = vec![];
+    for t in tasks {
+        let (st, v) = t.await.unwrap();
+        assert_eq!(st, 200, "{v}");
+        out.push(v);
+    }
+    out
+}
+
+fn batches_over_one(metrics: &str, model: &str) -> (f64, f64) {
+    let read = |suffix: &str| {
+        metrics
+            .lines()
+            .find(|l| l.starts_with(&format!("metasgd_batch_size_{suffix}{{model=\"{model}\"}}")))
+            .and_then(|l| l.rsplit(' ').next())
+            .map_or(0.0, |v| v.parse().unwrap())
+    };
+    (read("sum"), read("count"))
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn batched_requests_get_the_bits_they_get_alone() {
+    // A 50 ms window on one thread: concurrent requests surely share batches.
+    let s = batching_server(32, 50_000).await;
+    for (model, bodies) in [
+        ("sinusoid", (0..24).map(sinusoid_request).collect::<Vec<_>>()),
+        ("omniglot", (0..9).map(omniglot_request).collect::<Vec<_>>()),
+    ] {
+        let path = format!("/v1/models/{model}/predict");
+        let together = all_at_once(&s, &path, &bodies).await;
+        let (sum, count) = batches_over_one(&s.text("/metrics").await, model);
+        assert!(
+            sum > count,
+            "{model}: no batch held more than one request ({sum} in {count} batches)"
+        );
+        for (i, (b, t)) in bodies.iter().zip(&together).enumerate() {
+            let (st, alone) = s.post(&path, b.clone()).await;
+            assert_eq!(st, 200, "{alone}");
+            assert_eq!(alone, *t, "{model} request {i}: batched and alone differ");
+        }
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn sessions_created_under_load_predict_like_the_support_set_sent_alone() {
+    let s = batching_server(32, 20_000).await;
+    let bodies: Vec<Value> = (0..16).map(sinusoid_request).collect();
+    let creates: Vec<Value> = bodies
+        .iter()
+        .map(|b| json!({"support": b["support"], "steps": b["steps"]}))
+        .collect();
+    let created = {
+        let tasks: Vec<_> = creates
+            .iter()
+            .map(|b| {
+                let (s, b) = (s.clone(), b.clone());
+                tokio::spawn(async move { s.post("/v1/models/sinusoid/sessions", b).await })
+            })
+            .collect();
+        let mut ids = vec![];
+        for t in tasks {
+            let (st, v) = t.await.unwrap();
+            assert_eq!(st, 201, "{v}");
+            ids.push(v["session_id"].as_str().unwrap().to_owned());
+        }
+        ids
+    };
+    for (id, b) in created.iter().zip(&bodies) {
+        let (st, session) = s
+            .post(&format!("/v1/sessions/{id}/predict"), json!({"inputs": b["inputs"]}))
+            .await;
+        assert_eq!(st, 200, "{session}");
+        let (st, alone) = s.post("/v1/models/sinusoid/predict", b.clone()).await;
+        assert_eq!(st, 200, "{alone}");
+        assert_eq!(session["predictions"], alone["predictions"]);
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn batching_off_gives_the_same_predictions_to_rounding() {
+    let on = batching_server(32, 0).await;
+    let off = batching_server(1, 0).await;
+    for (model, body) in [("sinusoid", sinusoid_request(3)), ("omniglot", omniglot_request(2))] {
+        let path = format!("/v1/models/{model}/predict");
+        let (a, b) = (on.post(&path, body.clone()).await.1, off.post(&path, body).await.1);
+        let flat = |v: &Value, key: &str| -> Vec<f64> {
+            let x = &v[key];
+            let rows = x.as_array().unwrap_or_else(|| panic!("{v}"));
+            rows.iter()
+                .flat_map(|r| r.as_array().cloned().unwrap_or_else(|| vec![r.clone()]))
+                .map(|n| n.as_f64().unwrap())
+                .collect()
+        };
+        let key = if model == "sinusoid" {
+            "predictions"
+        } else {
+            "probabilities"
+        };
+        for (x, y) in flat(&a, key).iter().zip(flat(&b, key)) {
+            assert!((x - y).abs() < 1e-4, "{model}: {x} vs {y}");
+        }
+    }
+}
