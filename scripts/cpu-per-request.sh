@@ -2,11 +2,11 @@
 # The server's CPU per request (utime+stime over a wrk run, divided by the
 # requests), for GET /health and a stateless sinusoid request; see
 # docs/benchmarks.md. Needs wrk (Debian package) and the release binary;
-# BIN=path picks another binary.
+# BIN=path picks another binary; ARGS="--max-batch 1" adds server flags.
 set -e
 BIN=${BIN:-./target/release/metasgd}
 P=18940
-$BIN serve --port $P --host 127.0.0.1 --models models --threads 2 > /tmp/wrk-server.log 2>&1 &
+$BIN serve --port $P --host 127.0.0.1 --models models --threads 2 ${ARGS:-} > /tmp/wrk-server.log 2>&1 &
 PID=$!
 for i in $(seq 100); do curl -sf http://127.0.0.1:$P/ready > /dev/null && break; sleep 0.2; done
 cat > /tmp/stateless.lua <<'L'
