@@ -38,6 +38,10 @@ pub struct BatchConfig {
     pub wait: Duration,
     /// Threads that run batches.
     pub threads: usize,
+    /// Most estimated peak memory of one batch, summed over its jobs
+    /// (`--max-activation-mb`): a batch never holds more than that many
+    /// bytes of work, whatever `max_batch` allows. Its first job always runs.
+    pub max_bytes: u64,
 }
 
 /// What a job does with its adapted model, on the batching thread.
@@ -50,6 +54,8 @@ pub struct Job {
     pub support: SupportSet,
     pub labels: ValidLabels,
     pub steps: usize,
+    /// The job's estimated peak memory (`cost::estimate`).
+    pub peak_bytes: u64,
     pub limits: InputLimits,
     pub cancel: Cancel,
     pub after: After,
@@ -147,19 +153,25 @@ fn next_batch(s: &Shared) -> Option<Vec<Job>> {
     }
     let first = q.pop_front()?;
     let key = first.key();
+    let mut bytes = first.peak_bytes;
     let mut batch = vec![first];
     let deadline = Instant::now() + s.cfg.wait;
     loop {
         let mut i = 0;
+        let mut full = false;
         while i < q.len() && batch.len() < s.cfg.max_batch {
-            if q[i].key() == key {
-                batch.extend(q.remove(i));
-            } else {
+            if q[i].key() != key {
                 i += 1;
+            } else if bytes.saturating_add(q[i].peak_bytes) > s.cfg.max_bytes {
+                full = true;
+                break;
+            } else {
+                bytes += q[i].peak_bytes;
+                batch.extend(q.remove(i));
             }
         }
         let now = Instant::now();
-        if batch.len() >= s.cfg.max_batch || now >= deadline {
+        if full || batch.len() >= s.cfg.max_batch || now >= deadline {
             break;
         }
         s.ready.wait_for(&mut q, deadline - now);

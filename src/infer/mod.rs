@@ -139,6 +139,7 @@ impl Core {
                         support,
                         labels: p.labels,
                         steps: p.steps,
+                        peak_bytes: p.peak,
                         limits,
                         cancel,
                         after,

@@ -228,6 +228,7 @@ pub fn build_state(cfg: &ServeConfig) -> anyhow::Result<AppState> {
             max_batch: cfg.max_batch.max(1),
             wait: Duration::from_micros(cfg.batch_wait_us),
             threads: cfg.threads.max(1),
+            max_bytes: caps.max_activation_bytes,
         }),
         pool: Pool::new(
             cfg.max_concurrency,

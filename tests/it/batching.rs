@@ -168,3 +168,27 @@ async fn batching_off_gives_the_same_predictions_to_rounding() {
         }
     }
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_batch_holds_no_more_memory_than_the_activation_limit() {
+    // The smallest --max-activation-mb whose chunk takes a padded 5-image
+    // support set (8 rows) whole: two such jobs (10 images' activations)
+    // are over it, so no two share a batch, however many queue.
+    let m = metasgd::model::load_model(&shipped_models().join("omniglot"), &candle_core::Device::Cpu).unwrap();
+    let mb = (1..64u64)
+        .find(|mb| metasgd::infer::cost::chunk_rows(m.architecture(), 5, mb << 20) >= 8)
+        .unwrap();
+    let mut cfg = ServeConfig::with_models(shipped_models());
+    cfg.batch_wait_us = 50_000;
+    cfg.threads = 1;
+    cfg.max_activation_mb = mb;
+    let s = Arc::new(TestServer::start(cfg).await);
+    let bodies: Vec<Value> = (0..6).map(|_| omniglot_request(2)).collect();
+    all_at_once(&s, "/v1/models/omniglot/predict", &bodies).await;
+    let (sum, count) = batches_over_one(&s.text("/metrics").await, "omniglot");
+    assert!(
+        count >= 6.0,
+        "{sum} jobs in {count} batches at --max-activation-mb {mb}"
+    );
+    assert_eq!(sum, count, "{sum} jobs in {count} batches at --max-activation-mb {mb}");
+}
