@@ -6,6 +6,7 @@ use axum::extract::DefaultBodyLimit;
 use axum::http::StatusCode;
 use axum::Router;
 use tower::ServiceBuilder;
+use tower_http::classify::ServerErrorsFailureClass;
 use tower_http::request_id::{MakeRequestUuid, PropagateRequestIdLayer, SetRequestIdLayer};
 use tower_http::timeout::TimeoutLayer;
 use tower_http::trace::{DefaultOnResponse, TraceLayer};
@@ -37,13 +38,27 @@ pub fn app(state: AppState, max_body_bytes: usize) -> Router {
                 .layer(
                     TraceLayer::new_for_http()
                         .make_span_with(request_span)
-                        .on_response(DefaultOnResponse::new().level(tracing::Level::INFO)),
+                        .on_response(DefaultOnResponse::new().level(tracing::Level::INFO))
+                        .on_failure(on_failure),
                 )
                 .layer(PropagateRequestIdLayer::x_request_id())
                 .layer(TimeoutLayer::with_status_code(StatusCode::SERVICE_UNAVAILABLE, timeout))
                 .layer(DefaultBodyLimit::max(max_body_bytes)),
         )
         .with_state(state)
+}
+
+/// A failed response is logged as an error only when it is a 500 (or the
+/// connection failed); the 503s the server answers on purpose (not ready
+/// yet, overloaded, timed out, store unavailable) are warnings.
+fn on_failure(class: ServerErrorsFailureClass, latency: std::time::Duration, _span: &tracing::Span) {
+    let ms = latency.as_millis();
+    match class {
+        ServerErrorsFailureClass::StatusCode(s) if s != StatusCode::INTERNAL_SERVER_ERROR => {
+            tracing::warn!(status = s.as_u16(), latency_ms = ms, "response failed")
+        }
+        other => tracing::error!(classification = %other, latency_ms = ms, "response failed"),
+    }
 }
 
 /// The span of one request: method, path (never the query or the headers,
