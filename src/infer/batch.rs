@@ -84,8 +84,14 @@ impl Job {
     }
 }
 
+/// A queued job with its key, computed once when it is submitted.
+struct Queued {
+    key: Key,
+    job: Job,
+}
+
 struct Shared {
-    queue: Mutex<VecDeque<Job>>,
+    queue: Mutex<VecDeque<Queued>>,
     ready: Condvar,
     cfg: BatchConfig,
 }
@@ -123,7 +129,8 @@ impl Batcher {
     }
 
     pub fn submit(&self, job: Job) {
-        self.shared.queue.lock().push_back(job);
+        let key = job.key();
+        self.shared.queue.lock().push_back(Queued { key, job });
         self.shared.ready.notify_one();
     }
 }
@@ -151,8 +158,7 @@ fn next_batch(s: &Shared) -> Option<Vec<Job>> {
     if q.is_empty() && s.ready.wait_for(&mut q, Duration::from_secs(1)).timed_out() {
         return None;
     }
-    let first = q.pop_front()?;
-    let key = first.key();
+    let Queued { key, job: first } = q.pop_front()?;
     let mut bytes = first.peak_bytes;
     let mut batch = vec![first];
     let deadline = Instant::now() + s.cfg.wait;
@@ -160,14 +166,14 @@ fn next_batch(s: &Shared) -> Option<Vec<Job>> {
         let mut i = 0;
         let mut full = false;
         while i < q.len() && batch.len() < s.cfg.max_batch {
-            if q[i].key() != key {
+            if q[i].key != key {
                 i += 1;
-            } else if bytes.saturating_add(q[i].peak_bytes) > s.cfg.max_bytes {
+            } else if bytes.saturating_add(q[i].job.peak_bytes) > s.cfg.max_bytes {
                 full = true;
                 break;
             } else {
-                bytes += q[i].peak_bytes;
-                batch.extend(q.remove(i));
+                bytes += q[i].job.peak_bytes;
+                batch.extend(q.remove(i).map(|e| e.job));
             }
         }
         let now = Instant::now();

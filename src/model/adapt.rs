@@ -234,7 +234,7 @@ pub fn select_task(params: &[Tensor], i: usize) -> Result<Vec<Tensor>> {
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use super::*;
     use candle_core::Device;
 
@@ -472,7 +472,7 @@ mod tests {
     }
 
     /// Largest |a − b|, in f64 whatever the tensors' dtype.
-    fn max_abs_diff(a: &Tensor, b: &Tensor) -> f64 {
+    pub(crate) fn max_abs_diff(a: &Tensor, b: &Tensor) -> f64 {
         a.sub(b)
             .unwrap()
             .abs()

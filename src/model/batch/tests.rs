@@ -4,6 +4,7 @@
 use candle_core::{DType, Device, Tensor};
 
 use super::*;
+use crate::model::adapt::tests::max_abs_diff;
 use crate::model::adapt::{adapt, select_task, Support};
 use crate::model::Target;
 
@@ -15,17 +16,6 @@ fn bits(t: &Tensor) -> Vec<u32> {
         .iter()
         .map(|v| v.to_bits())
         .collect()
-}
-
-fn max_diff(a: &Tensor, b: &Tensor) -> f32 {
-    a.sub(b)
-        .unwrap()
-        .abs()
-        .unwrap()
-        .max_all()
-        .unwrap()
-        .to_scalar::<f32>()
-        .unwrap()
 }
 
 fn random_params(arch: &Architecture, seed: u64) -> (Vec<Tensor>, Vec<Tensor>) {
@@ -152,7 +142,7 @@ fn check(arch: &Architecture, task: TaskKind, sizes: &[(usize, usize)], steps: u
         let out_plain = arch.forward(&plain.params, &x).unwrap();
         let c = if regression { 1 } else { ts[i].classes };
         let padded_out = out_alone.narrow(1, 0, s.n).unwrap().narrow(2, 0, c).unwrap();
-        let d = max_diff(&out_plain.narrow(2, 0, c).unwrap(), &padded_out);
+        let d = max_abs_diff(&out_plain.narrow(2, 0, c).unwrap(), &padded_out);
         assert!(d < 1e-4, "task {i}: padded vs unpadded outputs differ by {d}");
         assert!((plain.loss_after[0] - alone.loss_after[0]).abs() < 1e-4);
     }
