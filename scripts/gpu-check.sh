@@ -11,10 +11,9 @@
 #   1. CPU <-> CUDA parity of every shipped model at 1 and 3 steps (fails
 #      past 1e-4);
 #   2. which device --device auto gives each model;
-#   3. the in-process and HTTP benchmark of Omniglot on CUDA and on the CPU,
+#   3. the in-process and HTTP benchmark of Omniglot on CUDA, batched (every
+#      model batches on a GPU) and unbatched (--max-batch 1), and on the CPU;
 #      and of sinusoid with --device auto.
-# Cross-request batching (issue 12's scheduler) is not built yet: when it is,
-# its batched and unbatched runs go in step 3.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 BIN=${1:-target/release/metasgd}
@@ -30,12 +29,13 @@ echo
 echo "### 2. --device auto"
 "${RUN[@]}" parity --models models --device auto --steps 1 --tolerance 1e-4 | awk -F'|' 'NR>2 {print "- " $2 ": " $3}'
 echo
-for dev in cuda cpu; do
-  echo "### 3. omniglot on $dev"
-  timeout 150 "${RUN[@]}" bench --models models --device "$dev" --model omniglot --iters 100 --seconds 5
+for run in "cuda batched|--device cuda" "cuda unbatched|--device cuda --max-batch 1" "cpu|--device cpu"; do
+  echo "### 3. omniglot on ${run%%|*}"
+  # shellcheck disable=SC2086
+  timeout 100 "${RUN[@]}" bench --models models ${run#*|} --model omniglot --iters 100 --seconds 5
   echo
 done
 echo "### 3. sinusoid with --device auto"
-timeout 120 "${RUN[@]}" bench --models models --device auto --model sinusoid --iters 500 --seconds 5
+timeout 100 "${RUN[@]}" bench --models models --device auto --model sinusoid --iters 500 --seconds 5
 echo
 echo "(done in $(( $(date +%s) - start )) s)"

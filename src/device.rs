@@ -63,3 +63,17 @@ pub fn set_threads(n: usize) {
     let n = n.max(1);
     std::env::set_var("RAYON_NUM_THREADS", n.to_string());
 }
+
+/// [`set_threads`] for serving (`serve`, `bench`), where the parallelism is
+/// across requests (`--threads` pool workers and batching threads), and
+/// candle's intra-op barrier pool (elementwise ops over 64 Ki elements,
+/// `CANDLE_NUM_THREADS`, spinning workers) is turned off unless set. With it
+/// on, batched sinusoid predictions spent 11% of the server's CPU spinning
+/// in its barrier, and both Omniglot paths ran 15–40% slower
+/// (docs/benchmarks.md).
+pub fn set_serving_threads(n: usize) {
+    set_threads(n);
+    if std::env::var_os("CANDLE_NUM_THREADS").is_none() {
+        std::env::set_var("CANDLE_NUM_THREADS", "1");
+    }
+}

@@ -133,7 +133,7 @@ fn main() -> anyhow::Result<()> {
     let cli = Cli::parse();
     match cli.command {
         Command::Serve(cfg) => {
-            metasgd::device::set_threads(cfg.threads);
+            metasgd::device::set_serving_threads(cfg.threads);
             let filter = tracing_subscriber::EnvFilter::try_from_env("METASGD_LOG").unwrap_or_else(|_| "info".into());
             let logs = tracing_subscriber::fmt().with_env_filter(filter);
             match cfg.log_format {
@@ -153,7 +153,7 @@ fn main() -> anyhow::Result<()> {
             iters,
             seconds,
         } => {
-            metasgd::device::set_threads(serve.threads);
+            metasgd::device::set_serving_threads(serve.threads);
             metasgd::bench::run(serve, &model, iters, seconds)
         }
         Command::Parity {

@@ -12,6 +12,7 @@ pub mod cache;
 pub mod minilm;
 pub mod prefetch;
 pub mod runtime;
+pub mod shared;
 
 use std::borrow::Cow;
 use std::path::{Path, PathBuf};
@@ -62,6 +63,8 @@ pub struct EncoderOptions {
     pub batch: usize,
     /// Bytes of the embedding cache (0: none).
     pub cache_bytes: usize,
+    /// Share ONNX Runtime calls across concurrent requests (`shared`).
+    pub share_calls: bool,
 }
 
 impl Default for EncoderOptions {
@@ -73,6 +76,7 @@ impl Default for EncoderOptions {
             threads: 1,
             batch: 32,
             cache_bytes: 0,
+            share_calls: false,
         }
     }
 }
@@ -89,6 +93,9 @@ pub struct Encoder {
     batch: usize,
     /// `None`: off, or this encoder's embeddings depend on the batch.
     cache: Option<cache::EmbeddingCache>,
+    /// Calls shared across requests; `None` when this encoder's embeddings
+    /// depend on the batch.
+    shared: Option<shared::Shared>,
 }
 
 /// Token ids, attention mask and type ids of one text.
@@ -150,17 +157,21 @@ impl Encoder {
             inputs,
             batch: opts.batch.max(1),
             cache: None,
+            shared: None,
         };
-        if opts.cache_bytes > 0 {
-            if enc.batch_independent()? {
-                enc.cache = Some(cache::EmbeddingCache::new(opts.cache_bytes));
-            } else {
-                tracing::warn!(
-                    encoder = %spec.name,
-                    "this encoder's embeddings change with padding in a batch; the embedding cache is off, \
-                     so that replays stay bit-exact"
-                );
+        if enc.batch_independent()? {
+            if opts.share_calls {
+                enc.shared = Some(shared::Shared::new(enc.batch, enc.sessions.len()));
             }
+            if opts.cache_bytes > 0 {
+                enc.cache = Some(cache::EmbeddingCache::new(opts.cache_bytes));
+            }
+        } else {
+            tracing::warn!(
+                encoder = %spec.name,
+                "this encoder's embeddings change with padding in a batch; the embedding cache and calls \
+                 shared across requests are off, so that replays stay bit-exact"
+            );
         }
         Ok(enc)
     }
@@ -175,6 +186,11 @@ impl Encoder {
         let alone = self.embed_uncached(&[short])?;
         let batched = self.embed_uncached(&[long, short])?;
         Ok(alone[..] == batched[d..2 * d])
+    }
+
+    /// Whether texts of concurrent requests share ONNX Runtime calls.
+    pub fn shares_calls(&self) -> bool {
+        self.shared.is_some()
     }
 
     /// Embeddings cached now: (entries, bytes), or `None` with the cache off.
@@ -199,10 +215,11 @@ impl Encoder {
     }
 
     /// One vector per text, row-major `[texts, dim]`: cached ones from the
-    /// cache, the others (each distinct text once) encoded in batches.
+    /// cache, the others (each distinct text once) encoded in batches,
+    /// shared with other requests' texts where that changes no bits.
     pub fn embed(&self, texts: &[&str]) -> anyhow::Result<Vec<f32>> {
         let Some(cache) = &self.cache else {
-            return self.embed_uncached(texts);
+            return self.encode(texts);
         };
         let d = self.spec.dim;
         let mut out = vec![0f32; texts.len() * d];
@@ -226,7 +243,7 @@ impl Encoder {
         metrics::counter!("metasgd_embedding_cache_requests_total", "encoder" => self.spec.name.clone(), "result" => "miss")
             .increment((texts.len() - hits) as u64);
         if !missing.is_empty() {
-            let v = self.embed_uncached(&missing)?;
+            let v = self.encode(&missing)?;
             for (k, t) in missing.iter().enumerate() {
                 let row = &v[k * d..(k + 1) * d];
                 for &i in &wanted[t] {
@@ -241,7 +258,15 @@ impl Encoder {
         Ok(out)
     }
 
-    /// [`Encoder::embed`] without the cache.
+    /// Encodes `texts` (no cache), sharing calls across requests when safe.
+    fn encode(&self, texts: &[&str]) -> anyhow::Result<Vec<f32>> {
+        match &self.shared {
+            Some(s) => s.embed(texts, self.spec.dim, &|all| self.embed_uncached(all)),
+            None => self.embed_uncached(texts),
+        }
+    }
+
+    /// [`Encoder::embed`] without the cache, in this caller's own calls.
     pub fn embed_uncached(&self, texts: &[&str]) -> anyhow::Result<Vec<f32>> {
         let mut out = Vec::with_capacity(texts.len() * self.spec.dim);
         for chunk in texts.chunks(self.batch) {

@@ -14,6 +14,7 @@ use super::input::{Inputs, ValidLabels, ValidSupport};
 use super::pool::Cancel;
 use super::registry::ServedModel;
 use crate::model::adapt::{adapt_chunked, forward_chunked, Support};
+use crate::model::batch::{pad_inputs, row_bucket, task_params};
 use crate::model::{LoadedModel, Target, TaskKind};
 
 /// An adapted model for one task: parameters with a leading task dim of 1.
@@ -114,9 +115,12 @@ pub fn check_converged(a: &AdaptedModel, steps: usize, default_steps: usize) -> 
 pub type Predicted = (Vec<Value>, Option<Vec<Vec<f32>>>);
 
 /// Predictions (and class probabilities for classification) for `n`
-/// inputs, `rows` at a time. A regression output that is not finite (an
-/// input far outside what the model was trained on) is an `Invalid` error
-/// naming the input, never a `null` in the response.
+/// inputs. Queries that fit one chunk of `rows` are padded to their bucket
+/// (`model::batch::row_bucket`) and run as [`predict_batch`] runs them, so
+/// a prediction has the same bits alone or batched; more run in chunks of
+/// `rows`. A regression output that is not finite (an input far outside
+/// what the model was trained on) is an `Invalid` error naming the input,
+/// never a `null` in the response.
 pub fn predict(
     served: &ServedModel,
     params: &[Tensor],
@@ -126,10 +130,57 @@ pub fn predict(
     rows: usize,
     cancel: &Cancel,
 ) -> Result<Predicted> {
-    let (model, device) = (&served.model, &served.device);
-    let flat = features(served, inputs)?;
-    let x = input_tensor(model, &flat, n, device)?;
+    let bucket = row_bucket(served.model.architecture(), n);
+    if bucket <= rows {
+        cancel.check()?;
+        let q = Query { inputs, n, classes };
+        return predict_batch(served, params, &[q], bucket)?.remove(0);
+    }
+    let model = &served.model;
+    let x = input_tensor(model, &features(served, inputs)?, n, &served.device)?;
     let out = forward_chunked(model.architecture(), params, &x, rows, &mut || cancel.check_tensor())?.squeeze(0)?;
+    outputs(model.manifest.task, &out, classes)
+}
+
+/// One task's query set in a batched prediction.
+pub struct Query<'a> {
+    pub inputs: &'a Inputs,
+    pub n: usize,
+    /// The session's classes (classification), in output order.
+    pub classes: Option<&'a [Value]>,
+}
+
+/// Predictions for several tasks at once: `params` are `[T, …]` (task `i`'s
+/// at index `i`), and every query set is padded to `bucket` rows, which
+/// each must fit. One answer per task; an error of the whole batch fails
+/// them all.
+pub fn predict_batch(
+    served: &ServedModel,
+    params: &[Tensor],
+    queries: &[Query],
+    bucket: usize,
+) -> Result<Vec<Result<Predicted>>> {
+    let model = &served.model;
+    let feats = queries
+        .iter()
+        .map(|q| features(served, q.inputs))
+        .collect::<Result<Vec<_>>>()?;
+    let tasks: Vec<(&[f32], usize)> = feats.iter().zip(queries).map(|(f, q)| (&f[..], q.n)).collect();
+    let x = pad_inputs(&tasks, model.architecture().input_dim(), bucket, &served.device)?;
+    let out = model.architecture().forward(params, &x)?;
+    Ok(queries
+        .iter()
+        .enumerate()
+        .map(|(i, q)| {
+            let o = out.narrow(0, i, 1)?.narrow(1, 0, q.n)?.squeeze(0)?;
+            outputs(model.manifest.task, &o, q.classes)
+        })
+        .collect())
+}
+
+/// One task's outputs `[n, out]` as predictions: a class label and the
+/// probabilities per input, or the regression values.
+fn outputs(task: TaskKind, out: &Tensor, classes: Option<&[Value]>) -> Result<Predicted> {
     let not_finite = |i: usize| {
         InferError::invalid(
             "prediction_not_finite",
@@ -139,7 +190,7 @@ pub fn predict(
             ),
         )
     };
-    match (model.manifest.task, classes) {
+    match (task, classes) {
         (TaskKind::Classification, Some(classes)) => {
             let logits = out.narrow(D::Minus1, 0, classes.len())?;
             let m = logits.max_keepdim(D::Minus1)?;
@@ -180,7 +231,8 @@ pub fn adapt_batch(
     steps: usize,
     cancelled: &dyn Fn() -> bool,
 ) -> Result<Vec<AdaptedModel>> {
-    use crate::model::batch::{adapt_padded, class_bucket, pad, row_bucket, Labels, TaskSet};
+    use crate::model::batch::{adapt_padded, class_bucket, pad, Labels, TaskSet};
+
     let (model, device) = (&served.model, &served.device);
     let dim = model.architecture().input_dim();
     let mut tasks = Vec::with_capacity(sets.len());
@@ -200,7 +252,11 @@ pub fn adapt_batch(
         };
         tasks.push(TaskSet { x, n: s.n, labels });
     }
-    let rows = tasks.iter().map(|t| row_bucket(t.n)).max().unwrap_or(1);
+    let rows = tasks
+        .iter()
+        .map(|t| row_bucket(model.architecture(), t.n))
+        .max()
+        .unwrap_or(1);
     let classes = sets.iter().map(|s| class_bucket(s.labels.outputs())).max().unwrap_or(1);
     let padded = pad(&tasks, dim, rows, classes, device)?;
     let mut check = || {
@@ -222,11 +278,7 @@ pub fn adapt_batch(
     (0..sets.len())
         .map(|i| {
             Ok(AdaptedModel {
-                params: a
-                    .params
-                    .iter()
-                    .map(|p| p.narrow(0, i, 1)?.copy())
-                    .collect::<candle_core::Result<_>>()?,
+                params: task_params(&a.params, i)?,
                 loss_before: a.loss_before[i],
                 loss_after: a.loss_after[i],
             })

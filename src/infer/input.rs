@@ -352,6 +352,14 @@ impl ValidLabels {
             ValidLabels::Classes { classes, .. } => classes.len(),
         }
     }
+
+    /// The distinct classes in output order (classification), else `None`.
+    pub fn classes(&self) -> Option<&[Value]> {
+        match self {
+            ValidLabels::Values(_) => None,
+            ValidLabels::Classes { classes, .. } => Some(classes),
+        }
+    }
 }
 
 fn classes(labels: &[Value], n_way: usize) -> Result<ValidLabels> {

@@ -56,7 +56,14 @@ pub fn describe() {
         "Adaptations replayed from a stored session on a cache miss, by model"
     );
     describe_histogram!("metasgd_replay_duration_seconds", "Time spent replaying, by model");
-    describe_histogram!("metasgd_batch_size", "Adaptations run together in one batch, by model");
+    describe_histogram!(
+        "metasgd_encoder_shared_requests",
+        "Requests whose texts shared one encoder call (--encoder-share-calls)"
+    );
+    describe_histogram!(
+        "metasgd_batch_size",
+        "Jobs run together in one batch, by model and kind (adapt, or predict: predictions of sessions or of a batch's stateless requests)"
+    );
     describe_counter!(
         "metasgd_readaptations_total",
         "Sessions re-adapted because their model's version changed, by model"
@@ -84,11 +91,12 @@ pub fn adaptation(model: &str, seconds: f64) {
     histogram!("metasgd_adaptation_duration_seconds", "model" => model.to_owned()).record(seconds);
 }
 
-/// Texts run through a model's encoder, and the time the batch took.
-pub fn batch(model: &str, size: usize) {
-    histogram!("metasgd_batch_size", "model" => model.to_owned()).record(size as f64);
+/// Jobs of one kind (`adapt` or `predict`) run together in one batch.
+pub fn batch(model: &str, kind: &'static str, size: usize) {
+    histogram!("metasgd_batch_size", "model" => model.to_owned(), "kind" => kind).record(size as f64);
 }
 
+/// Texts run through a model's encoder, and the time the batch took.
 pub fn encoded(model: &str, texts: usize, seconds: f64) {
     counter!("metasgd_encoded_texts_total", "model" => model.to_owned()).increment(texts as u64);
     histogram!("metasgd_encode_duration_seconds", "model" => model.to_owned()).record(seconds);

@@ -117,6 +117,50 @@ impl Core {
         })
     }
 
+    /// Submits a job to the batcher under `owner`'s admission and awaits
+    /// its answer, a `T`.
+    async fn batched<T: 'static>(
+        &self,
+        owner: &str,
+        job: impl FnOnce(pool::Cancel, batch::Reply) -> batch::Job,
+    ) -> Result<T> {
+        let out = self
+            .pool
+            .admitted(owner, |cancel| {
+                let (reply, answer) = tokio::sync::oneshot::channel();
+                self.batcher.submit(job(cancel, reply));
+                async move { answer.await.map_err(|_| batch::lost())? }
+            })
+            .await?;
+        out.downcast::<T>()
+            .map(|b| *b)
+            .map_err(|_| InferError::internal("internal_error", "a batch answered with the wrong type"))
+    }
+
+    /// A batch job adapting on `support`, then going on with `then`.
+    fn adapt_job(
+        &self,
+        p: Priced,
+        support: SupportSet,
+        then: batch::Then,
+    ) -> impl FnOnce(pool::Cancel, batch::Reply) -> batch::Job {
+        let limits = self.inputs.clone();
+        move |cancel, reply| batch::Job {
+            served: p.served,
+            rows: p.rows,
+            peak_bytes: p.peak,
+            limits,
+            cancel,
+            work: batch::Work::Adapt {
+                support,
+                labels: p.labels,
+                steps: p.steps,
+                then,
+            },
+            reply,
+        }
+    }
+
     /// Decodes the support set and adapts, on the pool or (numeric inputs
     /// in one chunk, batching on) in a batch with other requests; then
     /// `after` runs on the same thread with the decoded set and the adapted
@@ -126,38 +170,20 @@ impl Core {
         T: Send + 'static,
         F: FnOnce(&Arc<ServedModel>, ValidSupport, AdaptedModel, &pool::Cancel) -> Result<T> + Send + 'static,
     {
-        let limits = self.inputs.clone();
         if self.batcher.takes(&p.served, support.inputs.len(), p.rows) {
             let after: batch::After =
                 Box::new(move |served, valid, a, cancel| Ok(Box::new(after(served, valid, a, cancel)?)));
             let out = self
-                .pool
-                .admitted(owner, |cancel| {
-                    let (reply, answer) = tokio::sync::oneshot::channel();
-                    self.batcher.submit(batch::Job {
-                        served: p.served,
-                        support,
-                        labels: p.labels,
-                        steps: p.steps,
-                        peak_bytes: p.peak,
-                        limits,
-                        cancel,
-                        after,
-                        reply,
-                    });
-                    async move { answer.await.map_err(|_| batch::lost())? }
-                })
+                .batched(owner, self.adapt_job(p, support, batch::Then::After(after)))
                 .await?;
-            let out = out
-                .downcast::<T>()
-                .map_err(|_| InferError::internal("internal_error", "a batch answered with the wrong type"))?;
-            return Ok((*out, true));
+            return Ok((out, true));
         }
+        let limits = self.inputs.clone();
         let start = Instant::now();
-        let (name, peak) = (p.served.info.name.clone(), p.peak);
+        let (name, peak, pinned) = (p.served.info.name.clone(), p.peak, p.served.pinned());
         let out = self
             .pool
-            .run(owner, peak, move |cancel| {
+            .run_on(owner, peak, pinned, move |cancel| {
                 let Priced {
                     served,
                     steps,
@@ -180,6 +206,7 @@ impl Core {
     }
 
     /// Adapts on the support set and predicts `inputs`, keeping nothing.
+    /// Batched, the predictions share forwards with the batch's others.
     pub async fn stateless(
         &self,
         owner: &str,
@@ -189,15 +216,19 @@ impl Core {
         inputs: RawInputs,
     ) -> Result<Predicted> {
         let p = self.price(model, &support, steps, Some(&inputs))?;
-        let (limits, rows) = (self.inputs.clone(), p.rows);
         let n = inputs.len();
-        let (out, _) = self
-            .adapt_then(owner, p, support, move |served, valid, a, cancel| {
-                let q = input::decode_inputs(&served.model.manifest, &inputs, "inputs", &limits, cancel)?;
-                let classes = classes_of(&valid.labels);
-                engine::predict(served, &a.params, classes.as_deref(), &q, n, rows, cancel)
-            })
-            .await?;
+        let out = if self.batcher.takes(&p.served, support.inputs.len(), p.rows) {
+            let job = self.adapt_job(p, support, batch::Then::Predict(inputs));
+            self.batched::<Predicted>(owner, job).await?
+        } else {
+            let (limits, rows) = (self.inputs.clone(), p.rows);
+            let after =
+                move |served: &Arc<ServedModel>, valid: ValidSupport, a: AdaptedModel, cancel: &pool::Cancel| {
+                    let q = input::decode_inputs(&served.model.manifest, &inputs, "inputs", &limits, cancel)?;
+                    engine::predict(served, &a.params, valid.labels.classes(), &q, n, rows, cancel)
+                };
+            self.adapt_then(owner, p, support, after).await?.0
+        };
         metrics::predictions(model, n);
         Ok(out)
     }
@@ -231,7 +262,7 @@ impl Core {
             rows,
             support_size: valid.n,
             padded,
-            classes: classes_of(&valid.labels),
+            classes: valid.labels.classes().map(<[Value]>::to_vec),
             created_at: now,
             expires_at: now + chrono::Duration::seconds(ttl as i64),
         };
@@ -270,13 +301,29 @@ impl Core {
         cost::admit(&rec.model, &served.limits, &counts, &estimate)?;
         let adapted = self.sessions.adapted(&self.pool, &rec, &served).await?;
         let (limits, n, cls) = (self.inputs.clone(), inputs.len(), rec.classes.clone());
-        let out = self
-            .pool
-            .run(owner, estimate.peak_bytes, move |cancel| {
-                let q = input::decode_inputs(&served.model.manifest, &inputs, "inputs", &limits, cancel)?;
-                engine::predict(&served, &adapted.params, cls.as_deref(), &q, n, rows, cancel)
-            })
-            .await?;
+        let out = if self.batcher.takes(&served, n, rows) {
+            let job = move |cancel, reply| batch::Job {
+                served,
+                rows,
+                peak_bytes: estimate.peak_bytes,
+                limits,
+                cancel,
+                work: batch::Work::Predict {
+                    params: adapted.params.clone(),
+                    queries: inputs,
+                    classes: cls,
+                },
+                reply,
+            };
+            self.batched::<Predicted>(owner, job).await?
+        } else {
+            self.pool
+                .run_on(owner, estimate.peak_bytes, served.pinned(), move |cancel| {
+                    let q = input::decode_inputs(&served.model.manifest, &inputs, "inputs", &limits, cancel)?;
+                    engine::predict(&served, &adapted.params, cls.as_deref(), &q, n, rows, cancel)
+                })
+                .await?
+        };
         metrics::predictions(&rec.model, n);
         Ok((rec, out))
     }
@@ -313,12 +360,5 @@ impl Core {
                 .map_err(|e| anyhow::anyhow!("warm-up of model {name} failed: {e}"))?;
         }
         Ok(())
-    }
-}
-
-fn classes_of(labels: &ValidLabels) -> Option<Vec<Value>> {
-    match labels {
-        ValidLabels::Classes { classes, .. } => Some(classes.clone()),
-        ValidLabels::Values(_) => None,
     }
 }

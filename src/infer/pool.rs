@@ -166,12 +166,30 @@ impl Pool {
         T: Send + 'static,
         F: FnOnce(&Cancel) -> Result<T> + Send + 'static,
     {
+        self.run_on(owner, peak_bytes, true, f).await
+    }
+
+    /// [`Pool::run`], on a worker when `pinned`; unpinned work takes none:
+    /// for work that is mostly a wait on a resource bounded by its own lanes
+    /// (a text encoder that shares its calls across requests,
+    /// `encoder::shared`, can only share among requests waiting on it at
+    /// once). Admission, the deadline and cancellation are the same.
+    pub async fn run_on<T, F>(&self, owner: &str, peak_bytes: u64, pinned: bool, f: F) -> Result<T>
+    where
+        T: Send + 'static,
+        F: FnOnce(&Cancel) -> Result<T> + Send + 'static,
+    {
         let workers = self.workers.clone();
         self.admitted(owner, move |cancel| async move {
-            let permit = workers
-                .acquire_owned()
-                .await
-                .map_err(|e| InferError::internal("internal_error", e))?;
+            let permit = match pinned {
+                true => Some(
+                    workers
+                        .acquire_owned()
+                        .await
+                        .map_err(|e| InferError::internal("internal_error", e))?,
+                ),
+                false => None,
+            };
             let job = tokio::task::spawn_blocking(move || {
                 let _permit = permit;
                 cancel.check()?;

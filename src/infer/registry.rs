@@ -41,6 +41,15 @@ pub struct ServedModel {
     pub info: ModelInfo,
 }
 
+impl ServedModel {
+    /// Whether its compute requests hold a pool worker (`Pool::run_on`):
+    /// all but those of a text model whose encoder shares its calls across
+    /// requests (their cost is the encoder, bounded by its own lanes).
+    pub fn pinned(&self) -> bool {
+        self.encoder.as_ref().is_none_or(|e| !e.shares_calls())
+    }
+}
+
 /// The served models by name.
 pub struct Registry(BTreeMap<String, Arc<ServedModel>>);
 

@@ -22,8 +22,14 @@ use super::{Architecture, TaskKind};
 pub const MASKED_LOGIT: f64 = -1e30;
 
 /// Rows a support or query set of `n` examples is padded to: a multiple of 4
-/// up to 64, then of 16.
-pub fn row_bucket(n: usize) -> usize {
+/// up to 64, then of 16; for the conv4 network, `n` itself. A padded image
+/// costs as much as a real one (5 images padded to 8 took 1.6× the CPU of
+/// 5 unpadded), while a padded MLP row costs next to nothing beside the
+/// per-op overhead that batching shares.
+pub fn row_bucket(arch: &Architecture, n: usize) -> usize {
+    if matches!(arch, Architecture::Conv4 { .. }) {
+        return n.max(1);
+    }
     let step = if n <= 64 { 4 } else { 16 };
     n.max(1).div_ceil(step) * step
 }
@@ -191,6 +197,15 @@ pub fn stack_tasks(tasks: &[&[Tensor]]) -> Result<Vec<Tensor>> {
     (0..k)
         .map(|i| Tensor::cat(&tasks.iter().map(|p| &p[i]).collect::<Vec<_>>(), 0))
         .collect()
+}
+
+/// Task `i`'s parameters out of a `[T, …]` batch, each `[1, …]` in its own
+/// compact storage. A narrow shares the whole batch's storage, and candle's
+/// `Tensor::copy` clones all of it whatever the layout, so a split by
+/// narrow+copy made every task hold the batch's T tasks of parameters (and a
+/// session cache counting `elem_count` held T times what it counted).
+pub fn task_params(params: &[Tensor], i: usize) -> Result<Vec<Tensor>> {
+    params.iter().map(|p| p.narrow(0, i, 1)?.force_contiguous()).collect()
 }
 
 /// Query inputs of several tasks padded with zero rows to `rows` each:

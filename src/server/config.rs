@@ -61,6 +61,11 @@ pub struct ServeConfig {
     /// batch with. 0: a batch is what queued while the threads were busy.
     #[arg(long, env = "METASGD_BATCH_WAIT_US", default_value_t = 0)]
     pub batch_wait_us: u64,
+    /// Which models batch: `small` (on the CPU only models under
+    /// `device::GPU_MIN_FLOPS_PER_EXAMPLE`, whose cost is per-op overhead;
+    /// every model on a GPU) or `all`.
+    #[arg(long, env = "METASGD_BATCH_MODELS", value_enum, default_value_t = BatchModels::Small)]
+    pub batch_models: BatchModels,
     /// Where sessions live: memory, redb:PATH (survives restarts) or
     /// redis://HOST:PORT[/DB] (shared by replicas).
     #[arg(long, env = "METASGD_SESSIONS", default_value = "memory")]
@@ -138,6 +143,13 @@ pub struct ServeConfig {
     /// encoded again.
     #[arg(long, env = "METASGD_EMBEDDING_CACHE_MB", default_value_t = 64)]
     pub embedding_cache_mb: usize,
+    /// Let the texts of concurrent requests share ONNX Runtime calls (for
+    /// encoders whose vectors do not depend on the batch). Such requests
+    /// then wait for the encoder without holding a compute worker. Off by
+    /// default: on 2 CPU cores int8 MiniLM encodes 32 texts at 1.28× the
+    /// rate of one, and sharing measured no gain (docs/benchmarks.md).
+    #[arg(long, env = "METASGD_ENCODER_SHARE_CALLS")]
+    pub encoder_share_calls: bool,
     /// Per-request compute timeout, in seconds.
     #[arg(long, env = "METASGD_REQUEST_TIMEOUT", default_value_t = 30)]
     pub request_timeout: u64,
@@ -154,6 +166,12 @@ pub struct ServeConfig {
     /// Log lines as text or as JSON objects.
     #[arg(long, env = "METASGD_LOG_FORMAT", value_enum, default_value_t = LogFormat::Text)]
     pub log_format: LogFormat,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
+pub enum BatchModels {
+    Small,
+    All,
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
@@ -192,6 +210,7 @@ pub fn build_state(cfg: &ServeConfig) -> anyhow::Result<AppState> {
         threads: cfg.encoder_threads.unwrap_or(cfg.threads).max(1),
         batch: cfg.encoder_batch.max(1),
         cache_bytes: cfg.embedding_cache_mb << 20,
+        share_calls: cfg.encoder_share_calls,
     };
     anyhow::ensure!(
         cfg.max_request_gflop.is_finite() && cfg.max_request_gflop > 0.0,
@@ -227,6 +246,7 @@ pub fn build_state(cfg: &ServeConfig) -> anyhow::Result<AppState> {
         batcher: Batcher::start(BatchConfig {
             max_batch: cfg.max_batch.max(1),
             wait: Duration::from_micros(cfg.batch_wait_us),
+            all_models: cfg.batch_models == BatchModels::All,
             threads: cfg.threads.max(1),
             max_bytes: caps.max_activation_bytes,
         }),

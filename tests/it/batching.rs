@@ -52,16 +52,23 @@ async fn batching_server(max_batch: usize, wait_us: u64) -> Arc<TestServer> {
     let mut cfg = ServeConfig::with_models(shipped_models());
     cfg.max_batch = max_batch;
     cfg.batch_wait_us = wait_us;
+    cfg.batch_models = metasgd::server::config::BatchModels::All;
     cfg.threads = 1;
     Arc::new(TestServer::start(cfg).await)
 }
 
 /// Sends every request at once and returns the answers in order.
 async fn all_at_once(s: &Arc<TestServer>, path: &str, bodies: &[Value]) -> Vec<Value> {
-    let tasks: Vec<_> = bodies
+    let to: Vec<(String, Value)> = bodies.iter().map(|b| (path.to_owned(), b.clone())).collect();
+    each_at_once(s, &to).await
+}
+
+/// Sends every (path, body) at once and returns the answers in order.
+async fn each_at_once(s: &Arc<TestServer>, requests: &[(String, Value)]) -> Vec<Value> {
+    let tasks: Vec<_> = requests
         .iter()
-        .map(|b| {
-            let (s, b, path) = (s.clone(), b.clone(), path.to_owned());
+        .map(|(path, b)| {
+            let (s, b, path) = (s.clone(), b.clone(), path.clone());
             tokio::spawn(async move { s.post(&path, b).await })
         })
         .collect();
@@ -74,11 +81,16 @@ async fn all_at_once(s: &Arc<TestServer>, path: &str, bodies: &[Value]) -> Vec<V
     out
 }
 
-fn batches_over_one(metrics: &str, model: &str) -> (f64, f64) {
+/// Jobs and batches of `kind` (`adapt` or `predict`) for `model` so far.
+fn batches(metrics: &str, model: &str, kind: &str) -> (f64, f64) {
     let read = |suffix: &str| {
         metrics
             .lines()
-            .find(|l| l.starts_with(&format!("metasgd_batch_size_{suffix}{{model=\"{model}\"}}")))
+            .find(|l| {
+                l.starts_with(&format!("metasgd_batch_size_{suffix}{{"))
+                    && l.contains(&format!("model=\"{model}\""))
+                    && l.contains(&format!("kind=\"{kind}\""))
+            })
             .and_then(|l| l.rsplit(' ').next())
             .map_or(0.0, |v| v.parse().unwrap())
     };
@@ -95,7 +107,7 @@ async fn batched_requests_get_the_bits_they_get_alone() {
     ] {
         let path = format!("/v1/models/{model}/predict");
         let together = all_at_once(&s, &path, &bodies).await;
-        let (sum, count) = batches_over_one(&s.text("/metrics").await, model);
+        let (sum, count) = batches(&s.text("/metrics").await, model, "adapt");
         assert!(
             sum > count,
             "{model}: no batch held more than one request ({sum} in {count} batches)"
@@ -144,6 +156,53 @@ async fn sessions_created_under_load_predict_like_the_support_set_sent_alone() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn sessions_predicting_together_get_the_bits_they_get_alone() {
+    // Sinusoid sessions, and Omniglot ones of 3 to 5 classes (two class
+    // buckets, so two parameter shapes that must not share a batch).
+    let s = batching_server(32, 50_000).await;
+    let mut sessions = vec![];
+    for (c, (model, body)) in (0..12)
+        .map(|c| ("sinusoid", sinusoid_request(c)))
+        .chain((0..6).map(|c| ("omniglot", omniglot_request(c))))
+        .enumerate()
+    {
+        let mut create = json!({"support": body["support"]});
+        if let Some(steps) = body.get("steps") {
+            create["steps"] = steps.clone();
+        }
+        let (st, v) = s.post(&format!("/v1/models/{model}/sessions"), create).await;
+        assert_eq!(st, 201, "{v}");
+        let id = v["session_id"].as_str().unwrap().to_owned();
+        // 5 to 7 sinusoid queries: padded to a bucket of 8 rows.
+        let mut queries = body["inputs"].as_array().unwrap().clone();
+        if model == "sinusoid" {
+            queries.extend((0..1 + c % 3).map(|i| json!([0.3 * i as f64 - 2.0])));
+        }
+        sessions.push((
+            model,
+            format!("/v1/sessions/{id}/predict"),
+            json!({ "inputs": queries }),
+        ));
+    }
+    let requests: Vec<(String, Value)> = sessions.iter().map(|(_, p, b)| (p.clone(), b.clone())).collect();
+    let together = each_at_once(&s, &requests).await;
+    let metrics = s.text("/metrics").await;
+    for model in ["sinusoid", "omniglot"] {
+        let (sum, count) = batches(&metrics, model, "predict");
+        assert!(
+            sum > count,
+            "{model}: no prediction batch held more than one ({sum} in {count})"
+        );
+    }
+    for ((model, path, b), t) in sessions.iter().zip(&together) {
+        let (st, alone) = s.post(path, b.clone()).await;
+        assert_eq!(st, 200, "{alone}");
+        assert_eq!(alone["predictions"], t["predictions"], "{model} {path}");
+        assert_eq!(alone["probabilities"], t["probabilities"], "{model} {path}");
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn batching_off_gives_the_same_predictions_to_rounding() {
     let on = batching_server(32, 0).await;
     let off = batching_server(1, 0).await;
@@ -171,24 +230,65 @@ async fn batching_off_gives_the_same_predictions_to_rounding() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn a_batch_holds_no_more_memory_than_the_activation_limit() {
-    // The smallest --max-activation-mb whose chunk takes a padded 5-image
-    // support set (8 rows) whole: two such jobs (10 images' activations)
-    // are over it, so no two share a batch, however many queue.
+    // The smallest --max-activation-mb whose chunk takes a 5-image support
+    // set whole (images are not padded): two such jobs (10 images'
+    // activations) are over it, so no two share a batch, however many queue.
     let m = metasgd::model::load_model(&shipped_models().join("omniglot"), &candle_core::Device::Cpu).unwrap();
     let mb = (1..64u64)
-        .find(|mb| metasgd::infer::cost::chunk_rows(m.architecture(), 5, mb << 20) >= 8)
+        .find(|mb| metasgd::infer::cost::chunk_rows(m.architecture(), 5, mb << 20) >= 5)
         .unwrap();
     let mut cfg = ServeConfig::with_models(shipped_models());
     cfg.batch_wait_us = 50_000;
+    cfg.batch_models = metasgd::server::config::BatchModels::All;
     cfg.threads = 1;
     cfg.max_activation_mb = mb;
     let s = Arc::new(TestServer::start(cfg).await);
     let bodies: Vec<Value> = (0..6).map(|_| omniglot_request(2)).collect();
     all_at_once(&s, "/v1/models/omniglot/predict", &bodies).await;
-    let (sum, count) = batches_over_one(&s.text("/metrics").await, "omniglot");
+    let (sum, count) = batches(&s.text("/metrics").await, "omniglot", "adapt");
     assert!(
         count >= 6.0,
         "{sum} jobs in {count} batches at --max-activation-mb {mb}"
     );
     assert_eq!(sum, count, "{sum} jobs in {count} batches at --max-activation-mb {mb}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn texts_of_concurrent_requests_share_encoder_calls_and_get_the_bits_they_get_alone() {
+    // No embedding cache: every text is encoded, alone or beside others'.
+    let mut cfg = ServeConfig::with_models(shipped_models());
+    cfg.embedding_cache_mb = 0;
+    cfg.encoder_share_calls = true;
+    cfg.threads = 1;
+    let s = Arc::new(TestServer::start(cfg).await);
+    let topics = ["flight", "weather", "music", "alarm", "recipe", "taxi"];
+    let bodies: Vec<Value> = (0..12)
+        .map(|c| {
+            let inputs: Vec<String> = (0..6)
+                .map(|i| format!("request {c}: something about the {} please, case {i}", topics[i]))
+                .collect();
+            json!({"support": {"inputs": inputs, "labels": topics},
+                   "inputs": [format!("and what about {} number {c}", topics[c % 6])]})
+        })
+        .collect();
+    let together = all_at_once(&s, "/v1/models/intents/predict", &bodies).await;
+    let metrics = s.text("/metrics").await;
+    let read = |suffix: &str| -> f64 {
+        metrics
+            .lines()
+            .find(|l| l.starts_with(&format!("metasgd_encoder_shared_requests_{suffix}")))
+            .and_then(|l| l.rsplit(' ').next())
+            .map_or(0.0, |v| v.parse().unwrap())
+    };
+    assert!(
+        read("sum") > read("count"),
+        "no encoder call was shared ({} requests in {} calls)",
+        read("sum"),
+        read("count")
+    );
+    for (i, (b, t)) in bodies.iter().zip(&together).enumerate() {
+        let (st, alone) = s.post("/v1/models/intents/predict", b.clone()).await;
+        assert_eq!(st, 200, "{alone}");
+        assert_eq!(alone, *t, "text request {i}: shared and alone differ");
+    }
 }

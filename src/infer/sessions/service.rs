@@ -242,7 +242,7 @@ impl Sessions {
         let (sv, r) = (served.clone(), rec.clone());
         let start = Instant::now();
         let out = pool
-            .run(&rec.owner, estimate.peak_bytes, move |cancel| {
+            .run_on(&rec.owner, estimate.peak_bytes, served.pinned(), move |cancel| {
                 let m = &sv.model.manifest;
                 let valid = SupportBlob::decode(&blob, r.classes.as_deref())
                     .map_err(|e| InferError::invalid("unreadable_session", e))?;

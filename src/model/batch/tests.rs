@@ -92,7 +92,7 @@ fn check(arch: &Architecture, task: TaskKind, sizes: &[(usize, usize)], steps: u
     let (theta, alpha) = random_params(arch, 7);
     let ts = tasks(dim, sizes, regression);
     let all = sets(&ts, regression);
-    let rows = all.iter().map(|s| row_bucket(s.n)).max().unwrap();
+    let rows = all.iter().map(|s| row_bucket(arch, s.n)).max().unwrap();
     let classes = if regression {
         1
     } else {
@@ -104,7 +104,7 @@ fn check(arch: &Architecture, task: TaskKind, sizes: &[(usize, usize)], steps: u
     let qx = pad_inputs(&queries, dim, rows, &dev).unwrap();
     let out_together = arch.forward(&together.params, &qx).unwrap();
     for (i, s) in all.iter().enumerate() {
-        assert_eq!(row_bucket(s.n), rows, "the sizes of this test share one bucket");
+        assert_eq!(row_bucket(arch, s.n), rows, "the sizes of this test share one bucket");
         let one = pad(std::slice::from_ref(s), dim, rows, classes, &dev).unwrap();
         let alone = adapt_padded(arch, task, &theta, &alpha, &one, steps, &mut || Ok(())).unwrap();
         let mine = select_task(&together.params, i).unwrap();
@@ -164,7 +164,8 @@ fn conv4_classification_alone_equals_batched_bit_for_bit() {
         side: 16,
         hidden: 4,
     };
-    check(&arch, TaskKind::Classification, &[(5, 5), (7, 3), (6, 6)], 3);
+    // Images are not padded (`row_bucket`): one bucket is one size.
+    check(&arch, TaskKind::Classification, &[(6, 5), (6, 3), (6, 6)], 3);
 }
 
 #[test]
@@ -181,7 +182,17 @@ fn features_classification_alone_equals_batched_bit_for_bit() {
 
 #[test]
 fn buckets_depend_on_the_counts_alone() {
-    assert_eq!([1, 4, 5, 10, 64, 65, 100].map(row_bucket), [4, 4, 8, 12, 64, 80, 112]);
+    let mlp = Architecture::Mlp { sizes: vec![1, 40, 1] };
+    let conv = Architecture::Conv4 {
+        channels: 1,
+        side: 28,
+        hidden: 64,
+    };
+    assert_eq!(
+        [1, 4, 5, 10, 64, 65, 100].map(|n| row_bucket(&mlp, n)),
+        [4, 4, 8, 12, 64, 80, 112]
+    );
+    assert_eq!([1, 5, 7, 20].map(|n| row_bucket(&conv, n)), [1, 5, 7, 20]);
     assert_eq!([1, 2, 5, 20].map(class_bucket), [4, 4, 8, 20]);
 }
 
@@ -189,4 +200,27 @@ fn buckets_depend_on_the_counts_alone() {
 fn a_task_that_does_not_fit_its_bucket_is_an_error() {
     let ts = tasks(1, &[(9, 1)], true);
     assert!(pad(&sets(&ts, true), 1, 8, 1, &Device::Cpu).is_err());
+}
+
+/// Elements in a tensor's storage (all of it, whatever the layout shows).
+fn storage_len(t: &Tensor) -> usize {
+    let (s, _) = t.storage_and_layout();
+    match &*s {
+        candle_core::Storage::Cpu(c) => c.as_slice::<f32>().unwrap().len(),
+        _ => unreachable!("a CPU test"),
+    }
+}
+
+#[test]
+fn a_task_split_from_a_batch_holds_only_its_own_parameters() {
+    let batch = Tensor::arange(0f32, 24., &Device::Cpu)
+        .unwrap()
+        .reshape((3, 2, 4))
+        .unwrap();
+    for i in 0..3 {
+        let p = task_params(std::slice::from_ref(&batch), i).unwrap().remove(0);
+        assert_eq!(p.dims(), &[1, 2, 4]);
+        assert_eq!(storage_len(&p), 8, "task {i} keeps the whole batch's storage");
+        assert_eq!(bits(&p), bits(&batch.narrow(0, i, 1).unwrap()));
+    }
 }
