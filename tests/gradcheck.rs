@@ -238,3 +238,157 @@ fn features_head_metagradient_matches_finite_differences() {
         check_problem(problem_for(arch, TaskKind::Classification, seed + 10, 6, 3), 2);
     }
 }
+
+/// The learned update rules (`model::rule`), each on the regression and
+/// the classification MLP at 1 and 3 steps: the meta-gradients of θ and of
+/// every one of the rule's own tensors against central differences.
+mod rules {
+    use super::*;
+    use metasgd::metasgd::meta_loss_with;
+    use metasgd::model::rule::{Rule, LSTM_INPUTS};
+
+    fn rule_for(kind: &str, p: &Problem, rng: &mut ChaCha8Rng, steps: usize) -> Rule {
+        let like = |rng: &mut ChaCha8Rng, lo, hi| -> Vec<Tensor> {
+            p.theta.iter().map(|t| rand_tensor(rng, t.dims(), lo, hi)).collect()
+        };
+        match kind {
+            "metasgd" => Rule::MetaSgd { alpha: p.alpha.clone() },
+            // Per tensor for step 0 (MAML++'s LSLR), per element after.
+            "per_step" => Rule::PerStep {
+                alpha: (0..steps)
+                    .map(|k| {
+                        if k == 0 {
+                            p.theta.iter().map(|_| rand_tensor(rng, &[1], 0.02, 0.3)).collect()
+                        } else {
+                            like(rng, -0.05, 0.3)
+                        }
+                    })
+                    .collect(),
+            },
+            "momentum" => Rule::Momentum {
+                alpha: like(rng, -0.05, 0.3),
+                beta: like(rng, 0.1, 0.9),
+            },
+            _ => Rule::Lstm {
+                wf: rand_tensor(rng, &[LSTM_INPUTS], -0.5, 0.5),
+                bf: rand_tensor(rng, &[1], 1.0, 3.0),
+                wi: rand_tensor(rng, &[LSTM_INPUTS], -0.5, 0.5),
+                bi: rand_tensor(rng, &[1], -3.0, -1.0),
+            },
+        }
+    }
+
+    fn loss(p: &Problem, theta: &[Tensor], rule: &Rule, steps: usize) -> f64 {
+        meta_loss_with(&p.arch, p.task, theta, rule, &p.ep, steps, Order::Second)
+            .unwrap()
+            .to_scalar::<f64>()
+            .unwrap()
+    }
+
+    fn flat(t: &Tensor) -> Vec<f64> {
+        t.flatten_all().unwrap().to_vec1::<f64>().unwrap()
+    }
+
+    /// Autograd and central differences of every tensor of `ts`, where
+    /// `at(ts)` is the meta-loss with `ts` in place.
+    fn compare(what: &str, ts: &[Tensor], at: &dyn Fn(&[Tensor]) -> f64, grads: &[Vec<f64>]) {
+        let eps = 1e-6;
+        let fd: Vec<Vec<f64>> = (0..ts.len())
+            .map(|i| {
+                let v0 = flat(&ts[i]);
+                (0..v0.len())
+                    .map(|j| {
+                        let bumped = |d: f64| {
+                            let mut v = v0.clone();
+                            v[j] += d;
+                            let mut b = ts.to_vec();
+                            b[i] = Tensor::from_vec(v, ts[i].shape(), &Device::Cpu).unwrap();
+                            at(&b)
+                        };
+                        (bumped(eps) - bumped(-eps)) / (2.0 * eps)
+                    })
+                    .collect()
+            })
+            .collect();
+        let e = max_rel_err(grads, &fd);
+        assert!(e < 1e-6, "{what}: meta-gradient off by {e:e} (relative to max |grad|)");
+        assert!(
+            grads.iter().flatten().any(|x| x.abs() > 1e-5),
+            "{what}: gradient is zero"
+        );
+    }
+
+    fn check_rule(kind: &str, task: TaskKind, steps: usize) {
+        enable_second_order();
+        let p = problem(task, 21 + steps as u64);
+        let mut rng = ChaCha8Rng::seed_from_u64(5 + steps as u64);
+        let rule = rule_for(kind, &p, &mut rng, steps);
+        let tv: Vec<Var> = p.theta.iter().map(|t| Var::from_tensor(t).unwrap()).collect();
+        let rv: Vec<Var> = rule.tensors().iter().map(|t| Var::from_tensor(t).unwrap()).collect();
+        let tt: Vec<Tensor> = tv.iter().map(|v| v.as_tensor().clone()).collect();
+        let rt: Vec<Tensor> = rv.iter().map(|v| v.as_tensor().clone()).collect();
+        let l = meta_loss_with(
+            &p.arch,
+            p.task,
+            &tt,
+            &rule.with_tensors(&rt).unwrap(),
+            &p.ep,
+            steps,
+            Order::Second,
+        )
+        .unwrap();
+        let g = l.backward().unwrap();
+        // A tensor the loss does not reach (β at one step: v₀ = 0) has no
+        // gradient entry: its gradient is zero, and the differences say so.
+        let get = |ts: &[Tensor]| -> Vec<Vec<f64>> {
+            ts.iter()
+                .map(|t| g.get(t).map_or_else(|| vec![0.0; t.elem_count()], flat))
+                .collect()
+        };
+        let what = format!("{kind} {task:?} {steps} step(s)");
+        compare(
+            &format!("{what}, θ"),
+            &p.theta,
+            &|th| loss(&p, th, &rule, steps),
+            &get(&tt),
+        );
+        let rule_ts = rule.tensors();
+        compare(
+            &format!("{what}, the rule's tensors"),
+            &rule_ts,
+            &|rs| loss(&p, &p.theta, &rule.with_tensors(rs).unwrap(), steps),
+            &get(&rt),
+        );
+    }
+
+    #[test]
+    fn metasgd_rule_metagradients_match_finite_differences() {
+        for steps in [1, 3] {
+            check_rule("metasgd", TaskKind::Regression, steps);
+        }
+    }
+
+    #[test]
+    fn per_step_rule_metagradients_match_finite_differences() {
+        for steps in [1, 3] {
+            check_rule("per_step", TaskKind::Regression, steps);
+            check_rule("per_step", TaskKind::Classification, steps);
+        }
+    }
+
+    #[test]
+    fn momentum_rule_metagradients_match_finite_differences() {
+        for steps in [1, 3] {
+            check_rule("momentum", TaskKind::Regression, steps);
+            check_rule("momentum", TaskKind::Classification, steps);
+        }
+    }
+
+    #[test]
+    fn lstm_rule_metagradients_match_finite_differences() {
+        for steps in [1, 3] {
+            check_rule("lstm", TaskKind::Regression, steps);
+            check_rule("lstm", TaskKind::Classification, steps);
+        }
+    }
+}

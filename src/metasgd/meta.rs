@@ -9,7 +9,8 @@
 use candle_core::{Result, Tensor, Var};
 use serde::{Deserialize, Serialize};
 
-use crate::model::{loss_per_task, loss_sum, Architecture, Target, TaskKind};
+use crate::model::rule::{Rule, State};
+use crate::model::{loss_per_task, Architecture, Target, TaskKind};
 
 /// Whether meta-gradients flow through the inner gradients.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize, clap::ValueEnum)]
@@ -70,6 +71,22 @@ pub fn meta_loss(
     steps: usize,
     order: Order,
 ) -> Result<Tensor> {
+    let rule = Rule::MetaSgd { alpha: alpha.to_vec() };
+    meta_loss_with(arch, task, theta, &rule, ep, steps, order)
+}
+
+/// [`meta_loss`] for any update rule (`model::rule`): differentiable in θ
+/// and in the rule's tensors. With [`Order::First`] the inner gradients and
+/// the losses the rule reads are treated as constants.
+pub fn meta_loss_with(
+    arch: &Architecture,
+    task: TaskKind,
+    theta: &[Tensor],
+    rule: &Rule,
+    ep: &Episode,
+    steps: usize,
+    order: Order,
+) -> Result<Tensor> {
     if order == Order::Second && !second_order_available() {
         return Err(candle_core::Error::Msg(
             "second order needs CANDLE_GRAD_DO_NOT_DETACH=1 set before the first backward".into(),
@@ -77,9 +94,10 @@ pub fn meta_loss(
     }
     let t = ep.support_x.dim(0)?;
     let theta = &crate::model::adapt::for_target(arch, theta, &ep.support_t)?;
-    let alpha = &crate::model::adapt::for_target(arch, alpha, &ep.support_t)?;
+    let rule = &rule.map_param_shaped(&|ts| crate::model::adapt::for_target(arch, ts, &ep.support_t))?;
     let mut cur: Vec<Tensor> = theta.iter().map(|p| p.broadcast_left(t)).collect::<Result<_>>()?;
-    for _ in 0..steps {
+    let mut state = State::default();
+    for k in 0..steps {
         // A zero variable added to each per-task parameter gives a node whose
         // gradient store entry survives backward: the per-task gradient.
         let zeros: Vec<Var> = cur
@@ -91,20 +109,20 @@ pub fn meta_loss(
             .zip(&zeros)
             .map(|(p, z)| p.add(z.as_tensor()))
             .collect::<Result<_>>()?;
-        let inner = loss_sum(task, &arch.forward(&point, &ep.support_x)?, &ep.support_t)?;
-        let grads = inner.backward()?;
-        cur = point
+        let per_task = loss_per_task(task, &arch.forward(&point, &ep.support_x)?, &ep.support_t)?;
+        let grads = per_task.sum_all()?.backward()?;
+        let first = order == Order::First;
+        let g: Vec<Tensor> = zeros
             .iter()
-            .zip(&zeros)
-            .zip(alpha)
-            .map(|((p, z), a)| {
+            .map(|z| {
                 let g = grads
                     .get(z.as_tensor())
                     .ok_or_else(|| candle_core::Error::Msg("missing inner gradient".into()))?;
-                let g = if order == Order::First { g.detach() } else { g.clone() };
-                p.sub(&g.broadcast_mul(a)?)
+                Ok(if first { g.detach() } else { g.clone() })
             })
             .collect::<Result<_>>()?;
+        let loss = if first { per_task.detach() } else { per_task };
+        cur = rule.step(k, &mut state, &point, &g, &loss)?;
     }
     let per_task = loss_per_task(task, &arch.forward(&cur, &ep.query_x)?, &ep.query_t)?;
     per_task.mean_all()

@@ -8,4 +8,4 @@ pub mod pretrain;
 pub mod train;
 
 pub use crate::model::adapt::{adapt, Adapted, Support};
-pub use meta::{meta_loss, Episode, Order};
+pub use meta::{meta_loss, meta_loss_with, Episode, Order};

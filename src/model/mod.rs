@@ -14,6 +14,7 @@ pub mod im2col;
 pub mod layers;
 pub mod manifest;
 pub mod pool;
+pub mod rule;
 pub mod store;
 
 use candle_core::{Result, Tensor, D};
