@@ -1,4 +1,5 @@
-//! First-order adaptation: k steps of θ ← θ − α∘∇L_support(θ), per task.
+//! First-order adaptation: k steps of θ ← θ − α∘∇L_support(θ), per task,
+//! through the update rule's one step (`model::rule`).
 //!
 //! This is what the server runs, and what meta-training's inner loop and
 //! `eval` run. Gradients come from candle's ordinary (first-order)
@@ -12,6 +13,7 @@
 
 use candle_core::{Result, Tensor, Var};
 
+use super::rule::{Rule, State};
 use super::{loss_per_task, Architecture, Target, TaskKind};
 
 /// A batch of support sets: `x` is `[T, N, in]`.
@@ -70,7 +72,9 @@ pub fn adapt_chunked(
         .map(|p| p.detach().broadcast_left(t)?.contiguous())
         .collect::<Result<_>>()?;
     let mut loss_before = None;
-    for _ in 0..steps {
+    let rule = Rule::MetaSgd { alpha: alpha.to_vec() };
+    let mut state = State::default();
+    for k in 0..steps {
         let vars: Vec<Var> = params.iter().map(Var::from_tensor).collect::<Result<_>>()?;
         let tensors: Vec<Tensor> = vars.iter().map(|v| v.as_tensor().clone()).collect();
         let mut grads: Vec<Option<Tensor>> = vec![None; tensors.len()];
@@ -94,17 +98,22 @@ pub fn adapt_chunked(
                 });
             }
         }
+        let grads: Vec<Tensor> = grads
+            .into_iter()
+            .map(|g| g.ok_or_else(|| candle_core::Error::Msg("empty support set".into())))
+            .collect::<Result<_>>()?;
+        let loss = if rule.reads_loss() {
+            Tensor::from_slice(&losses.values, t, support.x.device())?.to_dtype(support.x.dtype())?
+        } else {
+            grads[0].clone()
+        };
         if loss_before.is_none() {
             loss_before = Some(losses.values);
         }
-        params = tensors
-            .iter()
-            .zip(alpha)
-            .zip(grads)
-            .map(|((p, a), g)| {
-                let g = g.ok_or_else(|| candle_core::Error::Msg("empty support set".into()))?;
-                p.sub(&g.broadcast_mul(a)?)?.detach().contiguous()
-            })
+        params = rule
+            .step(k, &mut state, &tensors, &grads, &loss)?
+            .into_iter()
+            .map(|p| p.detach().contiguous())
             .collect::<Result<_>>()?;
     }
     let mut after = Losses::new(t);

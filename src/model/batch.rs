@@ -15,6 +15,7 @@
 use candle_core::{Device, Result, Tensor, Var, D};
 
 use super::adapt::{for_target, Adapted};
+use super::rule::{Rule, State};
 use super::{Architecture, TaskKind};
 
 /// The logit given to a padded class: `exp(MASKED_LOGIT − max)` is 0 in f32
@@ -159,7 +160,9 @@ pub fn adapt_padded(
         .map(|q| q.detach().broadcast_left(t)?.contiguous())
         .collect::<Result<_>>()?;
     let mut loss_before = None;
-    for _ in 0..steps {
+    let rule = Rule::MetaSgd { alpha: alpha.to_vec() };
+    let mut state = State::default();
+    for k in 0..steps {
         check()?;
         let vars: Vec<Var> = params.iter().map(Var::from_tensor).collect::<Result<_>>()?;
         let tensors: Vec<Tensor> = vars.iter().map(|v| v.as_tensor().clone()).collect();
@@ -168,15 +171,18 @@ pub fn adapt_padded(
             loss_before = Some(per_task.to_dtype(candle_core::DType::F32)?.to_vec1::<f32>()?);
         }
         let g = per_task.sum_all()?.backward()?;
-        params = tensors
+        let grads: Vec<Tensor> = tensors
             .iter()
-            .zip(alpha)
-            .map(|(q, a)| {
-                let gq = g
-                    .get(q)
-                    .ok_or_else(|| candle_core::Error::Msg("missing gradient".into()))?;
-                q.sub(&gq.broadcast_mul(a)?)?.detach().contiguous()
+            .map(|q| {
+                g.get(q)
+                    .cloned()
+                    .ok_or_else(|| candle_core::Error::Msg("missing gradient".into()))
             })
+            .collect::<Result<_>>()?;
+        params = rule
+            .step(k, &mut state, &tensors, &grads, &per_task.detach())?
+            .into_iter()
+            .map(|q| q.detach().contiguous())
             .collect::<Result<_>>()?;
     }
     check()?;

@@ -126,6 +126,11 @@ impl Rule {
         })
     }
 
+    /// Whether [`Rule::step`] reads the tasks' losses (else any tensor will do).
+    pub fn reads_loss(&self) -> bool {
+        matches!(self, Rule::Lstm { .. })
+    }
+
     /// Step `k` (from 0): the next parameters from `params` (`[T, …]`), their
     /// gradients and each task's loss `[T]`.
     pub fn step(

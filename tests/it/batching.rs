@@ -237,15 +237,30 @@ async fn a_batch_holds_no_more_memory_than_the_activation_limit() {
     let mb = (1..64u64)
         .find(|mb| metasgd::infer::cost::chunk_rows(m.architecture(), 5, mb << 20) >= 5)
         .unwrap();
-    let mut cfg = ServeConfig::with_models(shipped_models());
+    // A copy of the model under its own name: the metrics are the test
+    // binary's, shared with the other tests' Omniglot batches.
+    let models = common::temp_dir("batch-cap");
+    let dir = models.join("omniglot-cap");
+    std::fs::create_dir_all(&dir).unwrap();
+    for f in std::fs::read_dir(shipped_models().join("omniglot")).unwrap() {
+        let f = f.unwrap().path();
+        if f.is_file() {
+            std::fs::copy(&f, dir.join(f.file_name().unwrap())).unwrap();
+        }
+    }
+    let manifest = dir.join("manifest.json");
+    let mut m: Value = serde_json::from_str(&std::fs::read_to_string(&manifest).unwrap()).unwrap();
+    m["name"] = json!("omniglot-cap");
+    std::fs::write(&manifest, m.to_string()).unwrap();
+    let mut cfg = ServeConfig::with_models(models);
     cfg.batch_wait_us = 50_000;
-    cfg.batch_models = metasgd::server::config::BatchModels::All;
     cfg.threads = 1;
     cfg.max_activation_mb = mb;
+    cfg.batch_models = metasgd::server::config::BatchModels::All;
     let s = Arc::new(TestServer::start(cfg).await);
     let bodies: Vec<Value> = (0..6).map(|_| omniglot_request(2)).collect();
-    all_at_once(&s, "/v1/models/omniglot/predict", &bodies).await;
-    let (sum, count) = batches(&s.text("/metrics").await, "omniglot", "adapt");
+    all_at_once(&s, "/v1/models/omniglot-cap/predict", &bodies).await;
+    let (sum, count) = batches(&s.text("/metrics").await, "omniglot-cap", "adapt");
     assert!(
         count >= 6.0,
         "{sum} jobs in {count} batches at --max-activation-mb {mb}"
