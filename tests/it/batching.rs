@@ -81,6 +81,25 @@ async fn each_at_once(s: &Arc<TestServer>, requests: &[(String, Value)]) -> Vec<
     out
 }
 
+/// A models folder holding a copy of the shipped `model` named `name`: the
+/// metrics are the test binary's, shared with the other tests' batches.
+fn model_copy(model: &str, name: &str) -> std::path::PathBuf {
+    let models = common::temp_dir(name);
+    let dir = models.join(name);
+    std::fs::create_dir_all(&dir).unwrap();
+    for f in std::fs::read_dir(shipped_models().join(model)).unwrap() {
+        let f = f.unwrap().path();
+        if f.is_file() {
+            std::fs::copy(&f, dir.join(f.file_name().unwrap())).unwrap();
+        }
+    }
+    let manifest = dir.join("manifest.json");
+    let mut m: Value = serde_json::from_str(&std::fs::read_to_string(&manifest).unwrap()).unwrap();
+    m["name"] = json!(name);
+    std::fs::write(&manifest, m.to_string()).unwrap();
+    models
+}
+
 /// Jobs and batches of `kind` (`adapt` or `predict`) for `model` so far.
 fn batches(metrics: &str, model: &str, kind: &str) -> (f64, f64) {
     let read = |suffix: &str| {
@@ -237,21 +256,7 @@ async fn a_batch_holds_no_more_memory_than_the_activation_limit() {
     let mb = (1..64u64)
         .find(|mb| metasgd::infer::cost::chunk_rows(m.architecture(), 5, mb << 20) >= 5)
         .unwrap();
-    // A copy of the model under its own name: the metrics are the test
-    // binary's, shared with the other tests' Omniglot batches.
-    let models = common::temp_dir("batch-cap");
-    let dir = models.join("omniglot-cap");
-    std::fs::create_dir_all(&dir).unwrap();
-    for f in std::fs::read_dir(shipped_models().join("omniglot")).unwrap() {
-        let f = f.unwrap().path();
-        if f.is_file() {
-            std::fs::copy(&f, dir.join(f.file_name().unwrap())).unwrap();
-        }
-    }
-    let manifest = dir.join("manifest.json");
-    let mut m: Value = serde_json::from_str(&std::fs::read_to_string(&manifest).unwrap()).unwrap();
-    m["name"] = json!("omniglot-cap");
-    std::fs::write(&manifest, m.to_string()).unwrap();
+    let models = model_copy("omniglot", "omniglot-cap");
     let mut cfg = ServeConfig::with_models(models);
     cfg.batch_wait_us = 50_000;
     cfg.threads = 1;
@@ -306,4 +311,31 @@ async fn texts_of_concurrent_requests_share_encoder_calls_and_get_the_bits_they_
         assert_eq!(st, 200, "{alone}");
         assert_eq!(alone, *t, "text request {i}: shared and alone differ");
     }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_lone_request_waits_the_window_for_company() {
+    // One batching thread, a 300 ms window: the first request is alone in
+    // the queue when it is taken, the others come 30 ms later; all four
+    // must still run as one batch.
+    let mut cfg = ServeConfig::with_models(model_copy("sinusoid", "sinusoid-window"));
+    cfg.batch_wait_us = 300_000;
+    cfg.threads = 1;
+    let s = Arc::new(TestServer::start(cfg).await);
+    let path = "/v1/models/sinusoid-window/predict";
+    let (before, _) = batches(&s.text("/metrics").await, "sinusoid-window", "adapt");
+    let first = {
+        let (s, b) = (s.clone(), sinusoid_request(0));
+        tokio::spawn(async move { s.post(path, b).await })
+    };
+    tokio::time::sleep(std::time::Duration::from_millis(30)).await;
+    let rest: Vec<Value> = [4, 8, 12].map(sinusoid_request).to_vec();
+    all_at_once(&s, path, &rest).await;
+    assert_eq!(first.await.unwrap().0, 200);
+    let (sum, count) = batches(&s.text("/metrics").await, "sinusoid-window", "adapt");
+    assert_eq!(sum - before, 4.0);
+    assert_eq!(
+        count, 2.0,
+        "the warm-up's batch and one batch of four, not {count} batches"
+    );
 }
