@@ -159,14 +159,16 @@ impl Encoder {
             cache: None,
             shared: None,
         };
-        if enc.batch_independent()? {
+        // The probe (two encoder runs) only when something depends on it.
+        let wanted = opts.share_calls || opts.cache_bytes > 0;
+        if wanted && enc.batch_independent()? {
             if opts.share_calls {
                 enc.shared = Some(shared::Shared::new(enc.batch, enc.sessions.len()));
             }
             if opts.cache_bytes > 0 {
                 enc.cache = Some(cache::EmbeddingCache::new(opts.cache_bytes));
             }
-        } else {
+        } else if wanted {
             tracing::warn!(
                 encoder = %spec.name,
                 "this encoder's embeddings change with padding in a batch; the embedding cache and calls \
