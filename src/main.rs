@@ -5,10 +5,8 @@ use std::path::PathBuf;
 use anyhow::Context;
 use clap::{Parser, Subcommand};
 
-use metasgd::eval::{evaluate, model_and_baselines, EvalSpec};
 use metasgd::metasgd::train::{train, TrainConfig};
 use metasgd::metasgd::Order;
-use metasgd::tasks::held_out;
 
 /// mimalloc keeps freed pages for reuse: with the system allocator, the
 /// large short-lived tensors of conv training spent more time in the kernel
@@ -93,40 +91,8 @@ enum Command {
         #[arg(long, env = "METASGD_THREADS", default_value_t = 2)]
         threads: usize,
     },
-    /// Evaluate a model folder (and its baselines/) on fresh tasks.
-    Eval {
-        #[arg(long)]
-        model: PathBuf,
-        /// Shot counts K, comma separated.
-        #[arg(long, value_delimiter = ',', default_value = "5,10,20")]
-        shots: Vec<usize>,
-        #[arg(long, default_value_t = 1)]
-        steps: usize,
-        #[arg(long, default_value_t = 1000)]
-        tasks: usize,
-        #[arg(long, default_value_t = 100)]
-        queries: usize,
-        /// Seed of the evaluation tasks (training uses other streams).
-        #[arg(long, default_value_t = 20_171_002)]
-        seed: u64,
-        /// Also write the results as JSON here.
-        #[arg(long)]
-        json: Option<PathBuf>,
-        /// Dataset folder, for families that read one (omniglot).
-        #[arg(long)]
-        data: Option<PathBuf>,
-        /// Classification: classes per task, comma separated.
-        #[arg(long, value_delimiter = ',', default_value = "5")]
-        ways: Vec<usize>,
-        /// Also evaluate each model without adaptation (0 steps).
-        #[arg(long, default_value_t = true, action = clap::ArgAction::Set)]
-        zero_steps: bool,
-        /// Classification: also evaluate nearest-centroid on the model's input vectors.
-        #[arg(long)]
-        centroid: bool,
-        #[arg(long, env = "METASGD_THREADS", default_value_t = 2)]
-        threads: usize,
-    },
+    /// Evaluate model folders (and their baselines/) on fresh tasks.
+    Eval(metasgd::eval::report::EvalArgs),
 }
 
 fn main() -> anyhow::Result<()> {
@@ -205,139 +171,6 @@ fn main() -> anyhow::Result<()> {
             metasgd::device::set_threads(threads);
             metasgd::metasgd::pretrain::pretrain(cfg, &candle_core::Device::Cpu)
         }
-        Command::Eval {
-            model,
-            shots,
-            steps,
-            tasks,
-            queries,
-            seed,
-            json,
-            data,
-            ways,
-            zero_steps,
-            centroid,
-            threads,
-        } => {
-            metasgd::device::set_threads(threads);
-            let device = candle_core::Device::Cpu;
-            let models = model_and_baselines(&model, &device)?;
-            let fam_name = models[0]
-                .1
-                .manifest
-                .family
-                .clone()
-                .context("the manifest names no task family")?;
-            let mut all = Vec::new();
-            let classification = models[0].1.manifest.task == metasgd::model::TaskKind::Classification;
-            let ways = if classification { ways } else { vec![0] };
-            let spec = EvalSpec {
-                shots: 0,
-                steps,
-                tasks,
-                queries,
-                seed,
-            };
-            for fam in held_out(&fam_name, data.as_deref(), &ways)? {
-                let centroid_rows = if centroid && classification {
-                    metasgd::eval::evaluate_centroid(fam.as_ref(), &shots, spec, &device)?
-                } else {
-                    Vec::new()
-                };
-                all.extend(centroid_rows.iter().map(|(r, _)| r.clone()));
-                for (i, (label, m)) in models.iter().enumerate() {
-                    let rows = evaluate(m, label, fam.as_ref(), &shots, spec, &device)?;
-                    if i == 0 {
-                        // The model's own accuracies against the centroid's, same episodes.
-                        for ((r, accs), (_, c)) in rows.iter().zip(&centroid_rows) {
-                            let at = EvalSpec { shots: r.shots, ..spec };
-                            let accs = accs.as_deref().context("a classification model has accuracies")?;
-                            all.push(metasgd::eval::paired_row(label, fam.as_ref(), at, accs, c));
-                        }
-                    }
-                    all.extend(rows.into_iter().map(|(r, _)| r));
-                    if zero_steps {
-                        let unadapted = EvalSpec { steps: 0, ..spec };
-                        let rows = evaluate(
-                            m,
-                            &format!("{label} (0 steps)"),
-                            fam.as_ref(),
-                            &shots,
-                            unadapted,
-                            &device,
-                        )?;
-                        all.extend(rows.into_iter().map(|(r, _)| r));
-                    }
-                }
-            }
-            if classification {
-                print_accuracy_table(&all, tasks, queries, steps);
-                if let Some(p) = json {
-                    std::fs::write(&p, serde_json::to_string_pretty(&all)? + "\n")?;
-                }
-                return Ok(());
-            }
-            println!(
-                "{} tasks, {} query points, {} step(s); mean query loss ± 95% CI",
-                tasks, queries, steps
-            );
-            println!(
-                "| model | {} |",
-                shots.iter().map(|k| format!("K={k}")).collect::<Vec<_>>().join(" | ")
-            );
-            println!("|---|{}", "---|".repeat(shots.len()));
-            let mut labels: Vec<&str> = all.iter().map(|r| r.model.as_str()).collect();
-            labels.dedup();
-            for l in labels {
-                let cells: Vec<String> = all
-                    .iter()
-                    .filter(|r| r.model == l)
-                    .map(|r| format!("{:.3} ± {:.3}", r.mean, r.ci95))
-                    .collect();
-                println!("| {l} | {} |", cells.join(" | "));
-            }
-            if let Some(p) = json {
-                std::fs::write(&p, serde_json::to_string_pretty(&all)? + "\n")?;
-            }
-            Ok(())
-        }
-    }
-}
-
-/// Accuracy ± 95% CI, one row per model, one column per (ways, shots).
-fn print_accuracy_table(all: &[metasgd::eval::EvalResult], tasks: usize, queries: usize, steps: usize) {
-    println!("{tasks} episodes, {queries} queries per class, {steps} step(s); query accuracy % ± 95% CI");
-    let mut cols: Vec<(Option<usize>, usize)> = all.iter().map(|r| (r.ways, r.shots)).collect();
-    cols.sort();
-    cols.dedup();
-    let head: Vec<String> = cols
-        .iter()
-        .map(|(w, k)| format!("{}-way {k}-shot", w.unwrap_or(0)))
-        .collect();
-    println!("| model | {} |", head.join(" | "));
-    println!("|---|{}", "---|".repeat(cols.len()));
-    let mut labels: Vec<&str> = Vec::new();
-    for r in all {
-        if !labels.contains(&r.model.as_str()) {
-            labels.push(&r.model);
-        }
-    }
-    for l in labels {
-        let cells: Vec<String> = cols
-            .iter()
-            .map(|c| {
-                all.iter()
-                    .find(|r| r.model == l && (r.ways, r.shots) == *c)
-                    .map(|r| {
-                        format!(
-                            "{:.2} ± {:.2}",
-                            100.0 * r.accuracy.unwrap_or(f64::NAN),
-                            100.0 * r.accuracy_ci95.unwrap_or(f64::NAN)
-                        )
-                    })
-                    .unwrap_or_default()
-            })
-            .collect();
-        println!("| {l} | {} |", cells.join(" | "));
+        Command::Eval(args) => metasgd::eval::report::run(args),
     }
 }

@@ -4,8 +4,9 @@
 //! This binary sets `CANDLE_GRAD_DO_NOT_DETACH=1` for itself, as `train` does.
 
 use candle_core::{DType, Device, Tensor, Var};
-use metasgd::metasgd::{meta_loss, Episode, Order};
+use metasgd::metasgd::{meta_loss, Order};
 use metasgd::model::{Architecture, Target, TaskKind};
+use metasgd::tasks::Episode;
 use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
 
@@ -251,6 +252,10 @@ mod rules {
         let like = |rng: &mut ChaCha8Rng, lo, hi| -> Vec<Tensor> {
             p.theta.iter().map(|t| rand_tensor(rng, t.dims(), lo, hi)).collect()
         };
+        if let Some(inner) = kind.strip_prefix("clipped ") {
+            // A bound well below these tasks' gradient norms: every step clips.
+            return rule_for(inner, p, rng, steps).clipped(Some(0.05));
+        }
         match kind {
             "metasgd" => Rule::MetaSgd { alpha: p.alpha.clone() },
             // Per tensor for step 0 (MAML++'s LSLR), per element after.
@@ -389,6 +394,14 @@ mod rules {
         for steps in [1, 3] {
             check_rule("lstm", TaskKind::Regression, steps);
             check_rule("lstm", TaskKind::Classification, steps);
+        }
+    }
+
+    #[test]
+    fn clipped_rules_metagradients_match_finite_differences() {
+        for steps in [1, 3] {
+            check_rule("clipped per_step", TaskKind::Regression, steps);
+            check_rule("clipped momentum", TaskKind::Classification, steps);
         }
     }
 }

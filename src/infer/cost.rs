@@ -17,6 +17,7 @@
 //! the forward and once for its gradient); `benches`/`docs/benchmarks.md`
 //! compare them with measured peak RSS.
 
+use crate::model::rule::UpdateRule;
 use crate::model::{conv, Architecture, InputKind, Manifest};
 
 use super::error::{InferError, Result};
@@ -184,6 +185,15 @@ pub fn estimate(m: &Manifest, c: &Counts, rows: usize) -> Estimate {
     let params = m.architecture.num_params() as u64;
     // θ, α, a copy being updated and its gradient; a shared head per class.
     bytes += 4 * F32 * params;
+    // What the rule carries between steps and its elementwise work per step:
+    // momentum's velocity; the LSTM's two gates and their inputs.
+    let (state, ops) = match m.update_rule {
+        UpdateRule::Metasgd | UpdateRule::PerStep => (0, 0),
+        UpdateRule::Momentum => (1, 4),
+        UpdateRule::Lstm => (4, 40),
+    };
+    bytes += state * F32 * params;
+    flops += (c.steps as u64 * ops * params) as f64;
     if m.architecture.shared_head() {
         bytes += 4 * F32 * (p.head_flops_per_class as u64 / 2) * c.classes as u64;
     }

@@ -76,7 +76,7 @@ pub fn adapt_support(
         model.architecture(),
         model.manifest.task,
         &model.theta,
-        &model.alpha,
+        &model.rule,
         &Support { x, target },
         steps,
         rows,
@@ -193,9 +193,7 @@ fn outputs(task: TaskKind, out: &Tensor, classes: Option<&[Value]>) -> Result<Pr
     match (task, classes) {
         (TaskKind::Classification, Some(classes)) => {
             let logits = out.narrow(D::Minus1, 0, classes.len())?;
-            let m = logits.max_keepdim(D::Minus1)?;
-            let e = logits.broadcast_sub(&m)?.exp()?;
-            let p = e.broadcast_div(&e.sum_keepdim(D::Minus1)?)?.to_vec2::<f32>()?;
+            let p = crate::model::loss::softmax(&logits)?.to_vec2::<f32>()?;
             if let Some(i) = p.iter().position(|row| !row.iter().all(|v| v.is_finite())) {
                 return Err(not_finite(i));
             }
@@ -270,7 +268,7 @@ pub fn adapt_batch(
         model.architecture(),
         model.manifest.task,
         &model.theta,
-        &model.alpha,
+        &model.rule,
         &padded,
         steps,
         &mut check,

@@ -12,6 +12,7 @@ use serde::Serialize;
 use super::cost::{self, CostLimits, ServerCaps};
 use super::error::{InferError, Result};
 use crate::encoder::{Encoder, EncoderOptions};
+use crate::model::rule::UpdateRule;
 use crate::model::{load_model, InputSpec, LoadedModel, TaskKind};
 
 /// What `GET /v1/models` says of a model.
@@ -21,6 +22,13 @@ pub struct ModelInfo {
     pub task: TaskKind,
     pub input: InputSpec,
     pub n_way: Option<usize>,
+    /// How adaptation steps (`metasgd`, `per_step`, `momentum`, `lstm`).
+    pub update_rule: UpdateRule,
+    /// `per_step`: the steps trained with rates of their own; a later step
+    /// uses the last trained step's rates. Null for the other rules.
+    pub trained_steps: Option<usize>,
+    /// The per-task gradient-norm bound of each step, if the model has one.
+    pub inner_grad_clip: Option<f64>,
     pub default_steps: usize,
     pub max_steps: usize,
     pub num_params: usize,
@@ -117,7 +125,7 @@ pub fn load_models(
                 ts.iter().map(|t| t.to_device(&dev)).collect()
             };
             model.theta = to(&model.theta)?;
-            model.alpha = to(&model.alpha)?;
+            model.rule = model.rule.map_all(&|t| t.to_device(&dev))?;
         }
         let m = &model.manifest;
         let enc = match &m.encoder {
@@ -132,6 +140,9 @@ pub fn load_models(
             task: m.task,
             input: m.input.clone(),
             n_way: m.n_way,
+            update_rule: m.update_rule,
+            trained_steps: model.rule.trained_steps(),
+            inner_grad_clip: m.inner_grad_clip,
             default_steps: m.default_steps,
             max_steps: m.max_steps,
             num_params: m.architecture.num_params(),

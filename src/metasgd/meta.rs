@@ -10,7 +10,8 @@ use candle_core::{Result, Tensor, Var};
 use serde::{Deserialize, Serialize};
 
 use crate::model::rule::{Rule, State};
-use crate::model::{loss_per_task, Architecture, Target, TaskKind};
+use crate::model::{loss_per_task, Architecture, TaskKind};
+use crate::tasks::Episode;
 
 /// Whether meta-gradients flow through the inner gradients.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize, clap::ValueEnum)]
@@ -18,37 +19,6 @@ use crate::model::{loss_per_task, Architecture, Target, TaskKind};
 pub enum Order {
     First,
     Second,
-}
-
-/// A batch of `T` tasks, each with a support and a query set (`[T, N, in]`).
-#[derive(Clone, Debug)]
-pub struct Episode {
-    pub support_x: Tensor,
-    pub support_t: Target,
-    pub query_x: Tensor,
-    pub query_t: Target,
-}
-
-impl Episode {
-    /// An N-way classification episode from row-major buffers: `support`
-    /// and `query` are (inputs, one-hot targets) of `tasks` tasks, each input
-    /// `dim` values and each target `n_way`.
-    pub fn classification(
-        tasks: usize,
-        n_way: usize,
-        dim: usize,
-        support: (Vec<f32>, Vec<f32>),
-        query: (Vec<f32>, Vec<f32>),
-        device: &candle_core::Device,
-    ) -> candle_core::Result<Episode> {
-        let (ns, nq) = (support.1.len() / (tasks * n_way), query.1.len() / (tasks * n_way));
-        Ok(Episode {
-            support_x: Tensor::from_vec(support.0, (tasks, ns, dim), device)?,
-            support_t: Target::OneHot(Tensor::from_vec(support.1, (tasks, ns, n_way), device)?),
-            query_x: Tensor::from_vec(query.0, (tasks, nq, dim), device)?,
-            query_t: Target::OneHot(Tensor::from_vec(query.1, (tasks, nq, n_way), device)?),
-        })
-    }
 }
 
 /// True when this thread's `backward()` keeps gradients differentiable.

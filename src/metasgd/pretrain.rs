@@ -9,11 +9,8 @@
 //! served network has fixed statistics and no normalization layer. The big
 //! head is dropped; the class-shared head row starts at zero.
 
-use std::collections::HashMap;
-use std::io::Write;
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::sync::Arc;
-use std::time::Instant;
 
 use anyhow::Context;
 use candle_core::{DType, Device, Tensor, Var, D};
@@ -21,17 +18,20 @@ use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
 use serde::{Deserialize, Serialize};
 
-use super::adam::Adam;
+use super::run::{run, Job, RunArgs, RunFiles};
 use crate::images::{rotate, PIXELS, SIDE};
 use crate::model::conv::{conv3x3, max_pool2, to_features, to_images};
 use crate::model::layers::linear;
+use crate::model::loss::{cross_entropy, nearest_prototype};
 use crate::model::{store, Architecture};
 use crate::tasks::omniglot::{Omniglot, OmniglotTasks, Split};
 
 const EPS: f64 = 1e-5;
 const HIDDEN: usize = 64;
 
-/// Settings of a pre-training run; saved in its log.
+/// Settings of a pre-training run; saved in its log. Give the run's
+/// length and rates explicitly (this schedule's: `--iters 3000 --lr 2e-3
+/// --lr-min 2e-5 --val-every 250 --ckpt-every 250`).
 #[derive(Clone, Debug, Serialize, Deserialize, clap::Args)]
 pub struct PretrainConfig {
     /// Folder with the Omniglot release (`images_background.zip`, `images_evaluation.zip`).
@@ -40,27 +40,13 @@ pub struct PretrainConfig {
     /// Output folder: `init.safetensors` (θ to start `train --init` from), checkpoints and `pretrain.log`.
     #[arg(long)]
     pub out: PathBuf,
-    #[arg(long, default_value_t = 3000)]
-    pub steps: u64,
+    #[command(flatten)]
+    #[serde(flatten)]
+    pub run: RunArgs,
     #[arg(long, default_value_t = 128)]
     pub batch: usize,
-    /// Adam's learning rate, decayed on a cosine to `lr_min`.
-    #[arg(long, default_value_t = 2e-3)]
-    pub lr: f64,
-    #[arg(long, default_value_t = 2e-5)]
-    pub lr_min: f64,
     #[arg(long, default_value_t = 0)]
     pub seed: u64,
-    #[arg(long, default_value_t = 500)]
-    pub ckpt_every: u64,
-    /// Stop after this step with a checkpoint, as an interruption would;
-    /// `--resume` continues (with `--steps`, possibly changed).
-    #[arg(long)]
-    #[serde(default, skip_serializing)]
-    pub stop_at: Option<u64>,
-    /// Continue from the checkpoint in `--out`.
-    #[arg(long)]
-    pub resume: bool,
 }
 
 /// Conv weights and biases (8), batch-norm γ and β (8), head weight and bias.
@@ -145,18 +131,6 @@ fn batch(data: &Omniglot, rng: &mut ChaCha8Rng, b: usize, device: &Device) -> an
     ))
 }
 
-fn cross_entropy(logits: &Tensor, labels: &Tensor) -> candle_core::Result<(Tensor, f64)> {
-    let logp = crate::model::log_softmax(logits)?;
-    let picked = logp.gather(&labels.unsqueeze(1)?, 1)?;
-    let acc = logits
-        .argmax(D::Minus1)?
-        .eq(labels)?
-        .to_dtype(DType::F64)?
-        .mean_all()?
-        .to_scalar::<f64>()?;
-    Ok((picked.mean_all()?.neg()?, acc))
-}
-
 /// Folds batch norm into the convolutions, with statistics measured layer by
 /// layer over `n` fixed background drawings. Returns the conv4 θ (zero head).
 pub fn fold(p: &[Tensor], data: &Omniglot, n: usize, device: &Device) -> anyhow::Result<Vec<Tensor>> {
@@ -199,14 +173,7 @@ pub fn centroid_accuracy(
         let ep = fam.sample(&mut rng, 20, 1, 5, device)?;
         let fs = crate::model::conv::body(&theta[..8], &ep.support_x, 1, SIDE)?;
         let fq = crate::model::conv::body(&theta[..8], &ep.query_x, 1, SIDE)?;
-        let st = ep.support_t.tensor();
-        // Prototypes [T, n, F] = onehotᵀ · features / counts.
-        let protos = st.t()?.matmul(&fs)?.broadcast_div(&st.sum(1)?.unsqueeze(2)?)?;
-        let d = fq
-            .broadcast_matmul(&protos.t()?)?
-            .affine(2.0, 0.0)?
-            .broadcast_sub(&protos.sqr()?.sum(2)?.unsqueeze(1)?)?;
-        let pred = d.argmax(D::Minus1)?;
+        let pred = nearest_prototype(ep.support_t.tensor(), &fs, &fq)?;
         let truth = ep.query_t.tensor().argmax(D::Minus1)?;
         correct += pred.eq(&truth)?.to_dtype(DType::F64)?.sum_all()?.to_scalar::<f64>()?;
         total += truth.elem_count() as f64;
@@ -214,129 +181,92 @@ pub fn centroid_accuracy(
     Ok(correct / total)
 }
 
-fn log_line(path: &Path, line: &str) -> anyhow::Result<()> {
-    let mut f = std::fs::OpenOptions::new().create(true).append(true).open(path)?;
-    writeln!(f, "{line}")?;
-    Ok(())
+/// Pre-training's objective: cross-entropy over every background class.
+struct PretrainJob {
+    cfg: PretrainConfig,
+    data: Arc<Omniglot>,
+    eval: Arc<Omniglot>,
+    device: Device,
+    ema_acc: f64,
 }
 
-/// Runs (or resumes) pre-training and writes `init.safetensors` into `cfg.out`.
-pub fn pretrain(cfg: PretrainConfig, device: &Device) -> anyhow::Result<()> {
-    let t_load = Instant::now();
-    let data = Arc::new(Omniglot::load(&cfg.data, Split::Background)?);
-    let eval = Arc::new(Omniglot::load(&cfg.data, Split::Evaluation)?);
-    let classes = data.characters.len() * 4;
-    std::fs::create_dir_all(&cfg.out)?;
-    let (ckpt, log) = (
-        cfg.out.join("pretrain_checkpoint.safetensors"),
-        cfg.out.join("pretrain.log"),
-    );
-    let names = param_names(classes);
-    let mut rng = ChaCha8Rng::seed_from_u64(cfg.seed);
-    let mut params = init(classes, &mut rng, device)?;
-    let mut start = 0u64;
-    let mut adam_state = None;
-    if cfg.resume && ckpt.exists() {
-        let t = candle_core::safetensors::load(&ckpt, device)?;
-        let get = |k: &str| {
-            t.get(k)
-                .cloned()
-                .with_context(|| format!("{k} missing in {}", ckpt.display()))
-        };
-        params = names.iter().map(|(n, _)| get(n)).collect::<anyhow::Result<_>>()?;
-        let m = names
-            .iter()
-            .map(|(n, _)| get(&format!("adam_m.{n}")))
-            .collect::<anyhow::Result<Vec<_>>>()?;
-        let v = names
-            .iter()
-            .map(|(n, _)| get(&format!("adam_v.{n}")))
-            .collect::<anyhow::Result<Vec<_>>>()?;
-        start = get("step")?.to_scalar::<u32>()? as u64;
-        adam_state = Some((m, v));
-        log_line(&log, &format!("resumed at step {start}"))?;
-    } else {
-        let _ = std::fs::remove_file(&log);
-        log_line(&log, &format!("config {}", serde_json::to_string(&cfg)?))?;
-        log_line(
-            &log,
-            &format!(
-                "loaded {} background and {} evaluation drawings in {:.1}s",
-                data.files.len(),
-                eval.files.len(),
-                t_load.elapsed().as_secs_f64()
-            ),
-        )?;
+impl PretrainJob {
+    fn folded(&self, vars: &[Var]) -> anyhow::Result<Vec<Tensor>> {
+        let p: Vec<Tensor> = vars.iter().map(|v| v.as_tensor().clone()).collect();
+        fold(&p, &self.data, 2048, &self.device)
     }
-    let vars: Vec<Var> = params
-        .iter()
-        .map(Var::from_tensor)
-        .collect::<candle_core::Result<_>>()?;
-    let mut adam = Adam::new(&vars, cfg.lr)?;
-    if let Some((m, v)) = adam_state {
-        (adam.m, adam.v, adam.step) = (m, v, start);
-    }
-    let pb = indicatif::ProgressBar::new(cfg.steps);
-    pb.set_position(start);
-    let t0 = Instant::now();
-    let (mut ema_loss, mut ema_acc) = (f64::NAN, f64::NAN);
-    let end = cfg.stop_at.unwrap_or(cfg.steps).min(cfg.steps);
-    for step in start..end {
-        let mut rng = ChaCha8Rng::seed_from_u64(cfg.seed);
-        rng.set_stream(step + 1);
-        let (x, y) = batch(&data, &mut rng, cfg.batch, device)?;
+}
+
+impl Job for PretrainJob {
+    fn step(&mut self, it: u64, vars: &[Var]) -> anyhow::Result<(f64, Vec<Tensor>)> {
+        let mut rng = ChaCha8Rng::seed_from_u64(self.cfg.seed);
+        rng.set_stream(it + 1);
+        let (x, y) = batch(&self.data, &mut rng, self.cfg.batch, &self.device)?;
         let p: Vec<Tensor> = vars.iter().map(|v| v.as_tensor().clone()).collect();
         let f = body_bn(&p, &x)?;
         let logits = linear(&f, &p[16], &p[17])?.squeeze(0)?;
         let (loss, acc) = cross_entropy(&logits, &y)?;
         let grads = loss.backward()?;
-        let gs: Vec<Tensor> = vars
+        let gs = vars
             .iter()
             .map(|v| grads.get(v.as_tensor()).cloned().context("missing gradient"))
             .collect::<anyhow::Result<_>>()?;
-        let t = step as f64 / cfg.steps as f64;
-        adam.lr = cfg.lr_min + 0.5 * (cfg.lr - cfg.lr_min) * (1.0 + (std::f64::consts::PI * t).cos());
-        adam.update(&vars, &gs)?;
-        let l = loss.to_scalar::<f32>()? as f64;
-        anyhow::ensure!(l.is_finite(), "loss became {l} at step {step}");
-        ema_loss = if ema_loss.is_nan() {
-            l
-        } else {
-            0.98 * ema_loss + 0.02 * l
-        };
-        ema_acc = if ema_acc.is_nan() {
+        self.ema_acc = if self.ema_acc.is_nan() {
             acc
         } else {
-            0.98 * ema_acc + 0.02 * acc
+            0.98 * self.ema_acc + 0.02 * acc
         };
-        pb.inc(1);
-        let done = step + 1;
-        if done % cfg.ckpt_every == 0 || done == end {
-            let p: Vec<Tensor> = vars.iter().map(|v| v.as_tensor().clone()).collect();
-            let theta = fold(&p, &data, 2048, device)?;
-            let acc5 = centroid_accuracy(&theta, &eval, 200, device)?;
-            let line = format!(
-                "step {done} loss_ema {ema_loss:.4} train_acc_ema {ema_acc:.4} eval_5way1shot_centroid_acc {acc5:.4} images_per_s {:.0}",
-                (done - start) as f64 * cfg.batch as f64 / t0.elapsed().as_secs_f64()
-            );
-            pb.println(&line);
-            log_line(&log, &line)?;
-            let mut map: HashMap<String, Tensor> = HashMap::new();
-            for (i, (n, _)) in names.iter().enumerate() {
-                map.insert(n.clone(), p[i].clone());
-                map.insert(format!("adam_m.{n}"), adam.m[i].clone());
-                map.insert(format!("adam_v.{n}"), adam.v[i].clone());
-            }
-            map.insert("step".into(), Tensor::new(done as u32, device)?);
-            candle_core::safetensors::save(&map, &ckpt)?;
-            let arch = Architecture::Conv4 {
-                channels: 1,
-                side: SIDE,
-                hidden: HIDDEN,
-            };
-            store::save_params(&cfg.out.join("init.safetensors"), &arch, &[("theta", &theta)])?;
-        }
+        Ok((loss.to_scalar::<f32>()? as f64, gs))
     }
-    pb.finish();
+
+    fn validate(&mut self, vars: &[Var]) -> anyhow::Result<Vec<(String, f64)>> {
+        let theta = self.folded(vars)?;
+        let acc5 = centroid_accuracy(&theta, &self.eval, 200, &self.device)?;
+        Ok(vec![
+            ("train_acc_ema".into(), self.ema_acc),
+            ("val_5way1shot_centroid_acc".into(), acc5),
+        ])
+    }
+
+    fn throughput(&self) -> (f64, &'static str) {
+        (self.cfg.batch as f64, "images")
+    }
+
+    fn ema_weight(&self) -> f64 {
+        0.02
+    }
+
+    fn on_checkpoint(&mut self, vars: &[Var]) -> anyhow::Result<()> {
+        let theta = self.folded(vars)?;
+        let arch = Architecture::Conv4 {
+            channels: 1,
+            side: SIDE,
+            hidden: HIDDEN,
+        };
+        store::save_params(&self.cfg.out.join("init.safetensors"), &arch, &[("theta", &theta)])
+    }
+}
+
+/// Runs (or resumes) pre-training and writes `init.safetensors` into `cfg.out`.
+pub fn pretrain(cfg: PretrainConfig, device: &Device) -> anyhow::Result<()> {
+    let data = Arc::new(Omniglot::load(&cfg.data, Split::Background)?);
+    let eval = Arc::new(Omniglot::load(&cfg.data, Split::Evaluation)?);
+    let classes = data.characters.len() * 4;
+    std::fs::create_dir_all(&cfg.out)?;
+    let mut rng = ChaCha8Rng::seed_from_u64(cfg.seed);
+    let init: Vec<(String, Tensor)> = param_names(classes)
+        .into_iter()
+        .map(|(n, _)| n)
+        .zip(init(classes, &mut rng, device)?)
+        .collect();
+    let files = RunFiles::new(&cfg.out, "pretrain");
+    let mut job = PretrainJob {
+        cfg: cfg.clone(),
+        data,
+        eval,
+        device: device.clone(),
+        ema_acc: f64::NAN,
+    };
+    run(&files, &cfg.run, serde_json::to_value(&cfg)?, init, &mut job)?;
     Ok(())
 }

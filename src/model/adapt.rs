@@ -32,19 +32,20 @@ pub struct Adapted {
     pub loss_after: Vec<f32>,
 }
 
-/// Runs `steps` steps of Meta-SGD adaptation from (θ, α) on each task's support set.
+/// Runs `steps` steps of `rule` from θ on each task's support set.
 ///
-/// θ has the architecture's shapes; α has the same shapes or is one scalar per
-/// tensor. With `steps == 0` the result is θ itself, broadcast per task.
+/// θ has the architecture's shapes; the rule's θ-shaped tensors have the
+/// same shapes or are one scalar per tensor. With `steps == 0` the result is
+/// θ itself, broadcast per task.
 pub fn adapt(
     arch: &Architecture,
     task: TaskKind,
     theta: &[Tensor],
-    alpha: &[Tensor],
+    rule: &Rule,
     support: &Support,
     steps: usize,
 ) -> Result<Adapted> {
-    adapt_chunked(arch, task, theta, alpha, support, steps, usize::MAX, &mut || Ok(()))
+    adapt_chunked(arch, task, theta, rule, support, steps, usize::MAX, &mut || Ok(()))
 }
 
 /// [`adapt`] with the support rows cut into chunks of at most `rows`
@@ -55,24 +56,21 @@ pub fn adapt_chunked(
     arch: &Architecture,
     task: TaskKind,
     theta: &[Tensor],
-    alpha: &[Tensor],
+    rule: &Rule,
     support: &Support,
     steps: usize,
     rows: usize,
     check: &mut dyn FnMut() -> Result<()>,
 ) -> Result<Adapted> {
     let t = support.x.dim(0)?;
-    let (theta, alpha) = (
-        &for_target(arch, theta, &support.target)?,
-        &for_target(arch, alpha, &support.target)?,
-    );
+    let theta = &for_target(arch, theta, &support.target)?;
+    let rule = &rule.map_param_shaped(&|ts| for_target(arch, ts, &support.target))?;
     let chunks = chunks_of(support, rows)?;
     let mut params: Vec<Tensor> = theta
         .iter()
         .map(|p| p.detach().broadcast_left(t)?.contiguous())
         .collect::<Result<_>>()?;
     let mut loss_before = None;
-    let rule = Rule::MetaSgd { alpha: alpha.to_vec() };
     let mut state = State::default();
     for k in 0..steps {
         let vars: Vec<Var> = params.iter().map(Var::from_tensor).collect::<Result<_>>()?;
@@ -265,7 +263,7 @@ pub(crate) mod tests {
             x: Tensor::new(&[[[x]]], &dev).unwrap(),
             target: Target::Values(Tensor::new(&[[[y]]], &dev).unwrap()),
         };
-        let a = adapt(&arch, TaskKind::Regression, &theta, &alpha, &support, 1).unwrap();
+        let a = adapt(&arch, TaskKind::Regression, &theta, &Rule::metasgd(&alpha), &support, 1).unwrap();
         let r = 2.0 * x + 0.5 - y; // residual
         let (gw, gb) = (2.0 * r * x, 2.0 * r);
         let w = a.params[0].flatten_all().unwrap().to_vec1::<f32>().unwrap()[0];
@@ -311,13 +309,23 @@ pub(crate) mod tests {
             x: x.clone(),
             target: Target::OneHot(onehot),
         };
-        let whole = adapt(&arch, TaskKind::Classification, &theta, &alpha, &s, 3).unwrap();
+        let whole = adapt(&arch, TaskKind::Classification, &theta, &Rule::metasgd(&alpha), &s, 3).unwrap();
         let mut calls = 0;
         let mut count = || {
             calls += 1;
             Ok(())
         };
-        let parts = adapt_chunked(&arch, TaskKind::Classification, &theta, &alpha, &s, 3, 5, &mut count).unwrap();
+        let parts = adapt_chunked(
+            &arch,
+            TaskKind::Classification,
+            &theta,
+            &Rule::metasgd(&alpha),
+            &s,
+            3,
+            5,
+            &mut count,
+        )
+        .unwrap();
         assert_eq!(
             calls,
             3 * 5 + 5,
@@ -337,7 +345,7 @@ pub(crate) mod tests {
             &arch,
             TaskKind::Classification,
             &theta,
-            &alpha,
+            &Rule::metasgd(&alpha),
             &s,
             3,
             n,
@@ -394,12 +402,12 @@ pub(crate) mod tests {
     fn chunked_conv4_adaptation_is_exact_in_f64() {
         let x = Tensor::rand(0f64, 1.0, (1, 13, 784), &Device::Cpu).unwrap();
         let (arch, theta, alpha, s) = conv4_f64(x);
-        let whole = adapt(&arch, TaskKind::Classification, &theta, &alpha, &s, 3).unwrap();
+        let whole = adapt(&arch, TaskKind::Classification, &theta, &Rule::metasgd(&alpha), &s, 3).unwrap();
         let parts = adapt_chunked(
             &arch,
             TaskKind::Classification,
             &theta,
-            &alpha,
+            &Rule::metasgd(&alpha),
             &s,
             3,
             4,
@@ -428,9 +436,9 @@ pub(crate) mod tests {
             })
             .collect();
         let (arch, theta, alpha, s) = conv4_f64(Tensor::from_vec(ink, (1, n, 784), &Device::Cpu).unwrap());
-        let cpu = adapt(&arch, TaskKind::Classification, &theta, &alpha, &s, 3).unwrap();
+        let cpu = adapt(&arch, TaskKind::Classification, &theta, &Rule::metasgd(&alpha), &s, 3).unwrap();
         let win = crate::model::conv::with_window_pooling(|| {
-            adapt(&arch, TaskKind::Classification, &theta, &alpha, &s, 3).unwrap()
+            adapt(&arch, TaskKind::Classification, &theta, &Rule::metasgd(&alpha), &s, 3).unwrap()
         });
         for (p, q) in cpu.params.iter().zip(&win.params) {
             let d = max_abs_diff(p, q);
@@ -469,7 +477,7 @@ pub(crate) mod tests {
             &arch,
             TaskKind::Regression,
             &theta,
-            &alpha,
+            &Rule::metasgd(&alpha),
             &s,
             10,
             4,
@@ -519,7 +527,7 @@ pub(crate) mod tests {
             &arch,
             TaskKind::Regression,
             &theta,
-            &alpha,
+            &Rule::metasgd(&alpha),
             &Support {
                 x: xs.clone(),
                 target: Target::Values(ys.clone()),
@@ -532,7 +540,7 @@ pub(crate) mod tests {
                 x: xs.narrow(0, t, 1).unwrap(),
                 target: Target::Values(ys.narrow(0, t, 1).unwrap()),
             };
-            let alone = adapt(&arch, TaskKind::Regression, &theta, &alpha, &one, 3).unwrap();
+            let alone = adapt(&arch, TaskKind::Regression, &theta, &Rule::metasgd(&alpha), &one, 3).unwrap();
             for (p, q) in select_task(&both.params, t).unwrap().iter().zip(&alone.params) {
                 let d = p
                     .sub(q)

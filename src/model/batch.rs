@@ -137,14 +137,14 @@ pub fn weighted_loss(task: TaskKind, pred: &Tensor, p: &Padded) -> Result<Tensor
     (per_row * &p.weights)?.sum(1)
 }
 
-/// `steps` steps of θ ← θ − α∘∇L from (θ, α) for every padded task at once.
+/// `steps` steps of `rule` from θ for every padded task at once.
 /// The head (a class-shared row) is expanded to the class bucket; padded
 /// head rows get no gradient and stay θ's row.
 pub fn adapt_padded(
     arch: &Architecture,
     task: TaskKind,
     theta: &[Tensor],
-    alpha: &[Tensor],
+    rule: &Rule,
     p: &Padded,
     steps: usize,
     check: &mut dyn FnMut() -> Result<()>,
@@ -154,13 +154,13 @@ pub fn adapt_padded(
         PaddedTarget::Values(y) => super::Target::Values(y.clone()),
         PaddedTarget::Classes { onehot, .. } => super::Target::OneHot(onehot.clone()),
     };
-    let (theta, alpha) = (&for_target(arch, theta, &target)?, &for_target(arch, alpha, &target)?);
+    let theta = &for_target(arch, theta, &target)?;
+    let rule = &rule.map_param_shaped(&|ts| for_target(arch, ts, &target))?;
     let mut params: Vec<Tensor> = theta
         .iter()
         .map(|q| q.detach().broadcast_left(t)?.contiguous())
         .collect::<Result<_>>()?;
     let mut loss_before = None;
-    let rule = Rule::MetaSgd { alpha: alpha.to_vec() };
     let mut state = State::default();
     for k in 0..steps {
         check()?;

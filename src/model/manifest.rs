@@ -3,6 +3,7 @@
 use serde::{Deserialize, Serialize};
 
 use super::encoder_spec::EncoderSpec;
+use super::rule::UpdateRule;
 use super::Architecture;
 
 /// Regression (MSE) or classification (cross-entropy).
@@ -40,6 +41,15 @@ pub struct Manifest {
     /// For classification: the most classes one session may use.
     #[serde(default)]
     pub n_way: Option<usize>,
+    /// How adaptation steps (`model::rule`); its tensors are in the weights
+    /// file, named as `model::rule_names` says.
+    #[serde(default)]
+    pub update_rule: UpdateRule,
+    /// With a value, each adaptation step scales the task's support-loss
+    /// gradient to at most this L2 norm (over all parameters) before the
+    /// rule uses it; training used the same.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub inner_grad_clip: Option<f64>,
     pub default_steps: usize,
     pub max_steps: usize,
     /// The safetensors file holding `theta.*` and `alpha.*`, relative to the folder.
@@ -92,6 +102,11 @@ fn default_weights() -> String {
 impl Manifest {
     /// Checks the manifest is self-consistent.
     pub fn validate(&self) -> Result<(), String> {
+        if let Some(c) = self.inner_grad_clip {
+            if !(c.is_finite() && c > 0.0) {
+                return Err(format!("inner_grad_clip must be a positive number, got {c}"));
+            }
+        }
         self.architecture.validate()?;
         let in_dim: usize = self.input.shape.iter().product();
         if in_dim != self.architecture.input_dim() {

@@ -12,16 +12,19 @@ mod cpu_op;
 pub mod encoder_spec;
 pub mod im2col;
 pub mod layers;
+pub mod loss;
 pub mod manifest;
 pub mod pool;
 pub mod rule;
+pub mod rule_names;
 pub mod store;
 
-use candle_core::{Result, Tensor, D};
+use candle_core::{Result, Tensor};
 use serde::{Deserialize, Serialize};
 
 use layers::{linear, per_task_rows, unit_rows};
 
+pub use loss::{log_softmax, loss_per_task, loss_sum};
 pub use manifest::{InputKind, InputSpec, Manifest, ModelLimits, TaskKind};
 pub use store::{load_model, save_model, LoadedModel, ModelError};
 
@@ -275,45 +278,6 @@ impl Architecture {
             }
         }
     }
-}
-
-/// Per-task mean losses, summed over tasks. `pred` is `[T, N, out]`.
-///
-/// Summing (not averaging) over tasks makes the gradient with respect to a
-/// per-task parameter exactly that task's own gradient, whatever `T` is.
-pub fn loss_sum(task: TaskKind, pred: &Tensor, target: &Target) -> Result<Tensor> {
-    let per_task = loss_per_task(task, pred, target)?;
-    per_task.sum_all()
-}
-
-/// Per-task mean loss, shape `[T]`.
-pub fn loss_per_task(task: TaskKind, pred: &Tensor, target: &Target) -> Result<Tensor> {
-    match (task, target) {
-        (TaskKind::Regression, Target::Values(y)) => {
-            // y is [T, N, out]
-            pred.sub(y)?.sqr()?.flatten_from(1)?.mean(1)
-        }
-        (TaskKind::Classification, Target::OneHot(onehot)) => {
-            // onehot is [T, N, C] with C <= out: extra outputs are masked out.
-            let c = onehot.dim(D::Minus1)?;
-            let logp = log_softmax(&pred.narrow(D::Minus1, 0, c)?)?;
-            let n = onehot.dim(1)? as f64;
-            (logp * onehot)?.sum(D::Minus1)?.sum(1)?.affine(-1.0 / n, 0.0)
-        }
-        _ => Err(candle_core::Error::Msg("target does not match the task kind".into())),
-    }
-}
-
-/// log-softmax over the last dimension, stabilized by the (detached) row maximum.
-pub fn log_softmax(logits: &Tensor) -> Result<Tensor> {
-    let m = logits.max_keepdim(D::Minus1)?.detach();
-    let lse = logits
-        .broadcast_sub(&m)?
-        .exp()?
-        .sum_keepdim(D::Minus1)?
-        .log()?
-        .broadcast_add(&m)?;
-    logits.broadcast_sub(&lse)
 }
 
 /// What a loss compares predictions with.

@@ -21,14 +21,27 @@ use candle_core::{Result, Tensor};
 use serde::{Deserialize, Serialize};
 
 /// The rule a model declares (`update_rule` in its manifest).
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize, clap::ValueEnum)]
 #[serde(rename_all = "snake_case")]
+#[value(rename_all = "snake_case")]
 pub enum UpdateRule {
     #[default]
     Metasgd,
     PerStep,
     Momentum,
     Lstm,
+}
+
+impl UpdateRule {
+    /// The manifest's spelling.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            UpdateRule::Metasgd => "metasgd",
+            UpdateRule::PerStep => "per_step",
+            UpdateRule::Momentum => "momentum",
+            UpdateRule::Lstm => "lstm",
+        }
+    }
 }
 
 /// Inputs of an LSTM gate: ∇̃ (2), L̃ (2), θ, the previous gate.
@@ -58,6 +71,14 @@ pub enum Rule {
         wi: Tensor,
         bi: Tensor,
     },
+    /// `inner` with each task's gradient scaled to an L2 norm (over all
+    /// parameters) of at most `max` at every step (the manifest's
+    /// `inner_grad_clip`): a task with huge gradients takes a bounded step
+    /// instead of blowing up.
+    Clipped {
+        max: f64,
+        inner: Box<Rule>,
+    },
 }
 
 /// What a rule carries from one step to the next.
@@ -68,12 +89,61 @@ pub struct State {
 }
 
 impl Rule {
+    /// Meta-SGD's rule with these rates (θ-shaped or one scalar per tensor).
+    pub fn metasgd(alpha: &[Tensor]) -> Rule {
+        Rule::MetaSgd { alpha: alpha.to_vec() }
+    }
+
     pub fn kind(&self) -> UpdateRule {
         match self {
             Rule::MetaSgd { .. } => UpdateRule::Metasgd,
             Rule::PerStep { .. } => UpdateRule::PerStep,
             Rule::Momentum { .. } => UpdateRule::Momentum,
             Rule::Lstm { .. } => UpdateRule::Lstm,
+            Rule::Clipped { inner, .. } => inner.kind(),
+        }
+    }
+
+    /// `self` with per-task gradient clipping at `max`, when there is one.
+    pub fn clipped(self, max: Option<f64>) -> Rule {
+        match max {
+            Some(max) => Rule::Clipped {
+                max,
+                inner: Box::new(self.unclipped().clone()),
+            },
+            None => self,
+        }
+    }
+
+    /// The rule without its clipping.
+    pub fn unclipped(&self) -> &Rule {
+        match self {
+            Rule::Clipped { inner, .. } => inner.unclipped(),
+            r => r,
+        }
+    }
+
+    /// The per-task gradient clipping, if any.
+    pub fn clip(&self) -> Option<f64> {
+        match self {
+            Rule::Clipped { max, .. } => Some(*max),
+            _ => None,
+        }
+    }
+
+    /// The same rule with every tensor passed through `f` (to move it to a
+    /// device or change its dtype).
+    pub fn map_all(&self, f: &dyn Fn(&Tensor) -> Result<Tensor>) -> Result<Rule> {
+        let ts = self.tensors().iter().map(f).collect::<Result<Vec<_>>>()?;
+        self.with_tensors(&ts)
+    }
+
+    /// The steps whose rates were trained separately (`per_step`), if any.
+    pub fn trained_steps(&self) -> Option<usize> {
+        match self {
+            Rule::PerStep { alpha } => Some(alpha.len()),
+            Rule::Clipped { inner, .. } => inner.trained_steps(),
+            _ => None,
         }
     }
 
@@ -84,6 +154,7 @@ impl Rule {
             Rule::PerStep { alpha } => alpha.iter().flatten().cloned().collect(),
             Rule::Momentum { alpha, beta } => alpha.iter().chain(beta).cloned().collect(),
             Rule::Lstm { wf, bf, wi, bi } => vec![wf.clone(), bf.clone(), wi.clone(), bi.clone()],
+            Rule::Clipped { inner, .. } => inner.tensors(),
         }
     }
 
@@ -108,6 +179,10 @@ impl Rule {
                 wi: ts[2].clone(),
                 bi: ts[3].clone(),
             },
+            Rule::Clipped { max, inner } => Rule::Clipped {
+                max: *max,
+                inner: Box::new(inner.with_tensors(ts)?),
+            },
         })
     }
 
@@ -123,12 +198,16 @@ impl Rule {
                 beta: f(beta)?,
             },
             lstm @ Rule::Lstm { .. } => lstm.clone(),
+            Rule::Clipped { max, inner } => Rule::Clipped {
+                max: *max,
+                inner: Box::new(inner.map_param_shaped(f)?),
+            },
         })
     }
 
     /// Whether [`Rule::step`] reads the tasks' losses (else any tensor will do).
     pub fn reads_loss(&self) -> bool {
-        matches!(self, Rule::Lstm { .. })
+        matches!(self.unclipped(), Rule::Lstm { .. })
     }
 
     /// Step `k` (from 0): the next parameters from `params` (`[T, …]`), their
@@ -150,6 +229,7 @@ impl Rule {
                 .collect()
         };
         match self {
+            Rule::Clipped { max, inner } => inner.step(k, state, params, &clip_per_task(grads, *max)?, loss),
             Rule::MetaSgd { alpha } => sgd(alpha, grads),
             Rule::PerStep { alpha } => sgd(&alpha[k.min(alpha.len() - 1)], grads),
             Rule::Momentum { alpha, beta } => {
@@ -200,6 +280,29 @@ impl Rule {
             }
         }
     }
+}
+
+/// Each task's gradients (`[T, …]` per parameter) scaled by
+/// min(1, max / ‖g_t‖), the norm over all of the task's parameters.
+pub fn clip_per_task(grads: &[Tensor], max: f64) -> Result<Vec<Tensor>> {
+    let Some(first) = grads.first() else {
+        return Ok(Vec::new());
+    };
+    let t = first.dim(0)?;
+    let mut sq = Tensor::zeros(t, first.dtype(), first.device())?;
+    for g in grads {
+        sq = sq.add(&g.sqr()?.reshape((t, ()))?.sum(1)?)?;
+    }
+    // max / max(‖g‖, max): 1 below the bound.
+    let scale = sq.sqrt()?.maximum(max)?.recip()?.affine(max, 0.0)?;
+    grads
+        .iter()
+        .map(|g| {
+            let mut shape = vec![t];
+            shape.resize(g.rank(), 1);
+            g.broadcast_mul(&scale.reshape(shape)?)
+        })
+        .collect()
 }
 
 /// σ(z) = 1 / (1 + e^−z), from differentiable ops.
@@ -255,6 +358,23 @@ mod tests {
         assert!((at(0) - 0.9).abs() < 1e-12);
         assert!((at(1) - 0.8).abs() < 1e-12);
         assert!((at(5) - 0.8).abs() < 1e-12);
+    }
+
+    #[test]
+    fn clipping_bounds_each_tasks_gradient_norm_and_leaves_small_ones() {
+        let d = Device::Cpu;
+        // Task 0: gradient (3, 4), norm 5 → scaled to norm 1. Task 1: (0.3, 0.4) kept.
+        let g = vec![
+            Tensor::new(&[[3.0f64], [0.3]], &d).unwrap(),
+            Tensor::new(&[[4.0f64], [0.4]], &d).unwrap(),
+        ];
+        let c = clip_per_task(&g, 1.0).unwrap();
+        let v: Vec<Vec<f64>> = c
+            .iter()
+            .map(|t| t.flatten_all().unwrap().to_vec1::<f64>().unwrap())
+            .collect();
+        assert!((v[0][0] - 0.6).abs() < 1e-12 && (v[1][0] - 0.8).abs() < 1e-12, "{v:?}");
+        assert!((v[0][1] - 0.3).abs() < 1e-12 && (v[1][1] - 0.4).abs() < 1e-12, "{v:?}");
     }
 
     #[test]

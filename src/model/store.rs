@@ -1,8 +1,10 @@
-//! Loading and saving a model folder: `manifest.json` plus θ and α in safetensors.
+//! Loading and saving a model folder: `manifest.json` plus θ and the update
+//! rule's tensors in safetensors.
 //!
 //! The weights file holds `theta.<param>` for every parameter of the
-//! architecture and `alpha.<param>` with either the same shape (Meta-SGD) or
-//! one scalar per tensor (MAML, per-layer learning rates).
+//! architecture and the tensors of the manifest's `update_rule`, named as
+//! `model::rule_names` says (for `metasgd`, `alpha.<param>` with either the
+//! parameter's shape or one scalar per tensor, as MAML has).
 
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
@@ -10,7 +12,8 @@ use std::path::{Path, PathBuf};
 use candle_core::{DType, Device, Tensor};
 use sha2::{Digest, Sha256};
 
-use super::{Architecture, Manifest};
+use super::rule::Rule;
+use super::{rule_names, Architecture, Manifest};
 
 /// Why a model folder could not be loaded. Every variant names the file.
 #[derive(Debug, thiserror::Error)]
@@ -23,14 +26,15 @@ pub enum ModelError {
     Weights { path: PathBuf, msg: String },
 }
 
-/// A model ready to adapt: its manifest, θ and α in the architecture's order.
+/// A model ready to adapt: its manifest, θ in the architecture's order and
+/// its update rule.
 #[derive(Clone, Debug)]
 pub struct LoadedModel {
     pub manifest: Manifest,
     pub theta: Vec<Tensor>,
-    pub alpha: Vec<Tensor>,
+    pub rule: Rule,
     /// Hex SHA-256 of the architecture, the encoder spec (with its files'
-    /// pinned hashes), and θ and α (names, shapes and f32 bytes).
+    /// pinned hashes), θ and the rule's tensors (names, shapes and f32 bytes).
     pub version: String,
     pub dir: PathBuf,
 }
@@ -49,7 +53,7 @@ impl LoadedModel {
         };
         Ok(Self {
             theta: mv(&self.theta)?,
-            alpha: mv(&self.alpha)?,
+            rule: self.rule.map_all(&|t| t.to_device(device))?,
             ..self.clone()
         })
     }
@@ -83,54 +87,42 @@ pub fn load_model(dir: &Path, device: &Device) -> Result<LoadedModel, ModelError
     let mut tensors = candle_core::safetensors::load_buffer(&bytes, &Device::Cpu).map_err(|e| werr(e.to_string()))?;
 
     let mut theta = Vec::new();
-    let mut alpha = Vec::new();
     for spec in manifest.architecture.params() {
+        let name = format!("theta.{}", spec.name);
         let t = tensors
-            .remove(&format!("theta.{}", spec.name))
-            .ok_or_else(|| werr(format!("missing tensor theta.{}", spec.name)))?;
+            .remove(&name)
+            .ok_or_else(|| werr(format!("missing tensor {name}")))?;
         if t.dims() != spec.shape.as_slice() {
             return Err(werr(format!(
-                "theta.{} has shape {:?}, expected {:?}",
-                spec.name,
+                "{name} has shape {:?}, expected {:?}",
                 t.dims(),
                 spec.shape
             )));
         }
-        let a = tensors
-            .remove(&format!("alpha.{}", spec.name))
-            .ok_or_else(|| werr(format!("missing tensor alpha.{}", spec.name)))?;
-        let a = match a.dims() {
-            d if d == spec.shape.as_slice() => a,
-            [] => a,
-            [1] => a.reshape(()).map_err(|e| werr(e.to_string()))?,
-            d => {
-                return Err(werr(format!(
-                    "alpha.{} has shape {:?}: it must match theta.{} {:?} or be a scalar",
-                    spec.name, d, spec.name, spec.shape
-                )))
-            }
-        };
-        for (kind, t) in [("theta", &t), ("alpha", &a)] {
-            let t32 = t.to_dtype(DType::F32).map_err(|e| werr(e.to_string()))?;
-            let v = t32
-                .flatten_all()
-                .and_then(|t| t.to_vec1::<f32>())
-                .map_err(|e| werr(e.to_string()))?;
-            if v.iter().any(|x| !x.is_finite()) {
-                return Err(werr(format!("{kind}.{} holds NaN or infinite values", spec.name)));
-            }
+        let t = t.to_dtype(DType::F32).map_err(|e| werr(e.to_string()))?;
+        let v = t
+            .flatten_all()
+            .and_then(|t| t.to_vec1::<f32>())
+            .map_err(|e| werr(e.to_string()))?;
+        if v.iter().any(|x| !x.is_finite()) {
+            return Err(werr(format!("{name} holds NaN or infinite values")));
         }
-        theta.push(t.to_dtype(DType::F32).map_err(|e| werr(e.to_string()))?);
-        alpha.push(a.to_dtype(DType::F32).map_err(|e| werr(e.to_string()))?);
+        theta.push(t);
     }
-    if let Some(extra) = tensors.keys().next() {
-        return Err(werr(format!("unexpected tensor {extra}")));
+    let rule = rule_names::take(manifest.update_rule, &manifest.architecture, &mut tensors)
+        .map_err(werr)?
+        .clipped(manifest.inner_grad_clip);
+    if let Some(extra) = tensors.keys().min() {
+        return Err(werr(format!(
+            "unexpected tensor {extra} (the manifest's update_rule is {})",
+            manifest.update_rule.as_str()
+        )));
     }
-    let version = digest(&manifest, &theta, &alpha).map_err(|e| werr(e.to_string()))?;
+    let version = digest(&manifest, &theta, &rule).map_err(|e| werr(e.to_string()))?;
     let model = LoadedModel {
         manifest,
         theta,
-        alpha,
+        rule,
         version,
         dir: dir.to_path_buf(),
     };
@@ -140,17 +132,46 @@ pub fn load_model(dir: &Path, device: &Device) -> Result<LoadedModel, ModelError
 }
 
 /// Writes `manifest.json` and the weights file into `dir` (created if needed).
-pub fn save_model(dir: &Path, manifest: &Manifest, theta: &[Tensor], alpha: &[Tensor]) -> anyhow::Result<()> {
+pub fn save_model(dir: &Path, manifest: &Manifest, theta: &[Tensor], rule: &Rule) -> anyhow::Result<()> {
+    anyhow::ensure!(
+        rule.kind() == manifest.update_rule,
+        "a {} rule saved under a manifest that declares {}",
+        rule.kind().as_str(),
+        manifest.update_rule.as_str()
+    );
+    anyhow::ensure!(
+        rule.clip() == manifest.inner_grad_clip,
+        "the rule's gradient clipping {:?} differs from the manifest's inner_grad_clip {:?}",
+        rule.clip(),
+        manifest.inner_grad_clip
+    );
     std::fs::create_dir_all(dir)?;
-    save_params(
-        &dir.join(&manifest.weights),
-        &manifest.architecture,
-        &[("theta", theta), ("alpha", alpha)],
-    )?;
+    let arch = &manifest.architecture;
+    let mut named: Vec<(String, Tensor)> = arch
+        .params()
+        .into_iter()
+        .zip(theta)
+        .map(|(s, t)| (format!("theta.{}", s.name), t.clone()))
+        .collect();
+    named.extend(rule_names::named(rule, arch));
+    save_named(&dir.join(&manifest.weights), &named)?;
     std::fs::write(
         dir.join("manifest.json"),
         serde_json::to_string_pretty(manifest)? + "\n",
     )?;
+    Ok(())
+}
+
+/// Saves named tensors (as f32, on the CPU) in one safetensors file,
+/// atomically (written beside, then renamed).
+pub fn save_named(path: &Path, named: &[(String, Tensor)]) -> anyhow::Result<()> {
+    let mut map = HashMap::new();
+    for (name, t) in named {
+        map.insert(name.clone(), t.to_device(&Device::Cpu)?.to_dtype(DType::F32)?);
+    }
+    let tmp = path.with_extension("tmp");
+    candle_core::safetensors::save(&map, &tmp)?;
+    std::fs::rename(&tmp, path)?;
     Ok(())
 }
 
@@ -201,8 +222,10 @@ pub fn load_params(
         .collect()
 }
 
-/// Hex SHA-256 over names, shapes and f32 little-endian bytes of θ then α.
-pub fn digest(manifest: &Manifest, theta: &[Tensor], alpha: &[Tensor]) -> candle_core::Result<String> {
+/// Hex SHA-256 over names, shapes and f32 little-endian bytes of θ then the
+/// rule's tensors (for `metasgd`, `alpha.*`: the digest models had before
+/// rules were named).
+pub fn digest(manifest: &Manifest, theta: &[Tensor], rule: &Rule) -> candle_core::Result<String> {
     let arch = &manifest.architecture;
     let mut h = Sha256::new();
     // What else decides predictions: the architecture's settings (a cosine
@@ -211,12 +234,18 @@ pub fn digest(manifest: &Manifest, theta: &[Tensor], alpha: &[Tensor]) -> candle
     if let Some(enc) = &manifest.encoder {
         h.update(serde_json::to_vec(enc).unwrap_or_default());
     }
-    for (prefix, ts) in [("theta", theta), ("alpha", alpha)] {
-        for (spec, t) in arch.params().iter().zip(ts) {
-            h.update(format!("{prefix}.{}:{:?};", spec.name, t.dims()).as_bytes());
-            for v in t.flatten_all()?.to_dtype(DType::F32)?.to_vec1::<f32>()? {
-                h.update(v.to_le_bytes());
-            }
+    if let Some(c) = manifest.inner_grad_clip {
+        h.update(format!("inner_grad_clip:{c};").as_bytes());
+    }
+    let theta = arch
+        .params()
+        .into_iter()
+        .zip(theta)
+        .map(|(s, t)| (format!("theta.{}", s.name), t.clone()));
+    for (name, t) in theta.chain(rule_names::named(rule, arch)) {
+        h.update(format!("{name}:{:?};", t.dims()).as_bytes());
+        for v in t.flatten_all()?.to_dtype(DType::F32)?.to_vec1::<f32>()? {
+            h.update(v.to_le_bytes());
         }
     }
     Ok(hex::encode(h.finalize()))
@@ -235,14 +264,15 @@ mod tests {
             .iter()
             .map(|p| Tensor::ones(p.shape.as_slice(), DType::F32, &Device::Cpu).unwrap())
             .collect();
-        let v0 = digest(&m, &t, &t).unwrap();
-        assert_eq!(v0, digest(&m, &t, &t).unwrap());
+        let r = Rule::MetaSgd { alpha: t.clone() };
+        let v0 = digest(&m, &t, &r).unwrap();
+        assert_eq!(v0, digest(&m, &t, &r).unwrap());
         if let Architecture::Features { cosine, .. } = &mut m.architecture {
             *cosine = !*cosine;
         }
-        let v1 = digest(&m, &t, &t).unwrap();
+        let v1 = digest(&m, &t, &r).unwrap();
         assert_ne!(v0, v1);
         m.encoder.as_mut().unwrap().max_tokens = 128;
-        assert_ne!(v1, digest(&m, &t, &t).unwrap());
+        assert_ne!(v1, digest(&m, &t, &r).unwrap());
     }
 }

@@ -9,8 +9,8 @@ use rand_chacha::ChaCha8Rng;
 
 use super::clinc::{self, IntentData};
 use super::family::TaskFamily;
+use super::Episode;
 use crate::encoder::{minilm, Encoder, EncoderOptions};
-use crate::metasgd::Episode;
 use crate::model::{Architecture, InputKind, InputSpec, Manifest, TaskKind};
 
 /// Embeddings (unit length) are scaled to this length before the head.
@@ -99,6 +99,8 @@ impl TaskFamily for IntentTasks {
     fn manifest(&self, name: &str) -> Manifest {
         let spec = minilm::spec();
         Manifest {
+            update_rule: Default::default(),
+            inner_grad_clip: None,
             name: name.to_string(),
             task: TaskKind::Classification,
             input: InputSpec {

@@ -1,6 +1,7 @@
 //! Task families: episode samplers that meta-training and evaluation draw from.
 
 pub mod clinc;
+mod episode;
 mod family;
 pub mod intents;
 pub mod omniglot;
@@ -9,6 +10,7 @@ pub mod sinusoid;
 use std::path::Path;
 use std::sync::Arc;
 
+pub use episode::Episode;
 pub use family::TaskFamily;
 
 /// Looks a family that needs no data up by name.

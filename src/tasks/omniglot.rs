@@ -17,8 +17,8 @@ use rand::seq::index::sample;
 use rand_chacha::ChaCha8Rng;
 
 use super::family::TaskFamily;
+use super::Episode;
 use crate::images::{ink_image, rotate, PIXELS, SIDE};
-use crate::metasgd::Episode;
 use crate::model::{Architecture, InputKind, InputSpec, Manifest, TaskKind};
 
 /// The two halves of the release.
@@ -255,6 +255,8 @@ impl TaskFamily for OmniglotTasks {
 
     fn manifest(&self, name: &str) -> Manifest {
         Manifest {
+            update_rule: Default::default(),
+            inner_grad_clip: None,
             name: name.to_string(),
             task: TaskKind::Classification,
             input: InputSpec {

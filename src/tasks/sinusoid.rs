@@ -6,7 +6,7 @@ use rand::Rng;
 use rand_chacha::ChaCha8Rng;
 
 use super::family::TaskFamily;
-use crate::metasgd::Episode;
+use super::Episode;
 use crate::model::{Architecture, InputKind, InputSpec, Manifest, Target, TaskKind};
 
 pub struct Sinusoid;
@@ -72,6 +72,8 @@ impl TaskFamily for Sinusoid {
 
     fn manifest(&self, name: &str) -> Manifest {
         Manifest {
+            update_rule: Default::default(),
+            inner_grad_clip: None,
             name: name.to_string(),
             task: TaskKind::Regression,
             input: InputSpec {

@@ -183,6 +183,23 @@ fn serving_never_reaches_training_and_the_core_knows_no_http() {
     }
 }
 
+/// Regression test for `tasks/*` importing `Episode` back from
+/// `metasgd::meta`: training's imports go one way, the run code (`metasgd`)
+/// → task families and evaluation (`tasks`, `eval`) → `model`.
+#[test]
+fn training_imports_go_one_way() {
+    for (m, deps) in graph() {
+        let top = m.split("::").next().unwrap_or("");
+        if top != "tasks" && top != "eval" {
+            continue;
+        }
+        for d in deps {
+            let dtop = d.split("::").next().unwrap_or("");
+            assert!(dtop != "metasgd", "{m} imports the training loop's {d}");
+        }
+    }
+}
+
 #[test]
 fn no_import_cycles() {
     let g = graph();

@@ -19,6 +19,7 @@ mod omniglot;
 mod quality;
 mod reference;
 mod replicas;
+mod rules;
 mod signals;
 mod spec;
 mod startup;

@@ -1,5 +1,5 @@
-//! Quality of the shipped sinusoid model: on 200 fresh 10-shot tasks, one
-//! adaptation step brings the query MSE well below the unadapted model's.
+//! Quality of the shipped models: the sinusoid model's default steps on 200
+//! fresh 10-shot tasks bring the query MSE well below the unadapted model's.
 
 use crate::common;
 
@@ -15,7 +15,7 @@ fn shipped_sinusoid_model_adapts_well() {
     let seed = 4242; // not a training stream
     let spec = EvalSpec {
         shots: 10,
-        steps: 1,
+        steps: model.manifest.default_steps,
         tasks: 200,
         queries: 100,
         seed,
@@ -26,10 +26,13 @@ fn shipped_sinusoid_model_adapts_well() {
         .0;
     let (a, a_ci) = mean_ci95(&adapted);
     let (u, _) = mean_ci95(&unadapted);
-    eprintln!("10-shot, 1 step, 200 tasks: MSE {a:.3} ± {a_ci:.3}; without adaptation {u:.3}");
+    eprintln!("10-shot, default steps, 200 tasks: MSE {a:.3} ± {a_ci:.3}; without adaptation {u:.3}");
     assert!(a < 0.1 * u, "adapted MSE {a} is not well below the unadapted {u}");
-    // The Meta-SGD paper reports 0.53 at K=10; the shipped model must beat it clearly.
-    assert!(a < 0.35, "adapted MSE {a} is worse than expected for the shipped model");
+    // The target for 10 shots is 0.14 (the Meta-SGD paper reports 0.53).
+    assert!(
+        a < 0.14,
+        "adapted MSE {a} is worse than the target for the shipped model"
+    );
 }
 
 /// The shipped Omniglot model on 200 fresh 5-way 1-shot episodes from the

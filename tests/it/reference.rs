@@ -49,7 +49,15 @@ fn torch_reference_adapted_predictions_match() {
             x: Tensor::from_vec(xs, (1, k, 1), &Device::Cpu).unwrap(),
             target: Target::Values(Tensor::from_vec(ys, (1, k, 1), &Device::Cpu).unwrap()),
         };
-        let a = adapt(&arch, TaskKind::Regression, &theta, &alpha, &support, steps).unwrap();
+        let a = adapt(
+            &arch,
+            TaskKind::Regression,
+            &theta,
+            &metasgd::model::rule::Rule::metasgd(&alpha),
+            &support,
+            steps,
+        )
+        .unwrap();
         let pred = arch
             .forward(&a.params, &Tensor::from_vec(qx, (1, q, 1), &Device::Cpu).unwrap())
             .unwrap();

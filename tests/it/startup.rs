@@ -83,6 +83,64 @@ fn missing_tensor_is_rejected() {
     assert!(err.contains("missing tensor theta.l3.bias"), "{err}");
 }
 
+fn with_manifest(m: &Path, edit: impl FnOnce(&mut serde_json::Value)) {
+    let path = m.join("manifest.json");
+    let mut v: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(&path).unwrap()).unwrap();
+    edit(&mut v);
+    std::fs::write(&path, serde_json::to_string_pretty(&v).unwrap()).unwrap();
+}
+
+#[test]
+fn a_rule_whose_tensors_are_not_in_the_weights_names_the_file_and_the_tensor() {
+    let d = models_dir_with(|m| with_manifest(m, |v| v["update_rule"] = "per_step".into()));
+    let err = serve_fails(&d);
+    assert!(
+        err.contains("model.safetensors") && err.contains("missing tensor alpha.0.l1.weight"),
+        "{err}"
+    );
+    let d = models_dir_with(|m| with_manifest(m, |v| v["update_rule"] = "momentum".into()));
+    let err = serve_fails(&d);
+    assert!(err.contains("missing tensor beta.l1.weight"), "{err}");
+}
+
+#[test]
+fn an_unknown_update_rule_names_the_manifest() {
+    let d = models_dir_with(|m| with_manifest(m, |v| v["update_rule"] = "adam".into()));
+    let err = serve_fails(&d);
+    assert!(
+        err.contains("manifest.json") && err.contains("unknown variant `adam`"),
+        "{err}"
+    );
+}
+
+#[test]
+fn tensors_of_another_rule_left_in_the_weights_are_rejected() {
+    let d = models_dir_with(|m| {
+        let path = m.join("model.safetensors");
+        let mut t = candle_core::safetensors::load(&path, &candle_core::Device::Cpu).unwrap();
+        t.insert(
+            "beta.l1.weight".into(),
+            candle_core::Tensor::zeros((40, 1), candle_core::DType::F32, &candle_core::Device::Cpu).unwrap(),
+        );
+        candle_core::safetensors::save(&t, &path).unwrap();
+    });
+    let err = serve_fails(&d);
+    assert!(
+        err.contains("model.safetensors") && err.contains("unexpected tensor beta.l1.weight"),
+        "{err}"
+    );
+}
+
+#[test]
+fn a_non_positive_gradient_clip_is_rejected() {
+    let d = models_dir_with(|m| with_manifest(m, |v| v["inner_grad_clip"] = (-1.0).into()));
+    let err = serve_fails(&d);
+    assert!(
+        err.contains("manifest.json") && err.contains("inner_grad_clip"),
+        "{err}"
+    );
+}
+
 #[test]
 fn folder_without_manifest_is_rejected() {
     let d = models_dir_with(|_| {});

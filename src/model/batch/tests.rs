@@ -99,14 +99,23 @@ fn check(arch: &Architecture, task: TaskKind, sizes: &[(usize, usize)], steps: u
         ts.iter().map(|t| class_bucket(t.classes)).max().unwrap()
     };
     let batch = pad(&all, dim, rows, classes, &dev).unwrap();
-    let together = adapt_padded(arch, task, &theta, &alpha, &batch, steps, &mut || Ok(())).unwrap();
+    let together = adapt_padded(
+        arch,
+        task,
+        &theta,
+        &Rule::metasgd(&alpha),
+        &batch,
+        steps,
+        &mut || Ok(()),
+    )
+    .unwrap();
     let queries: Vec<(&[f32], usize)> = ts.iter().map(|t| (t.x.as_slice(), t.n)).collect();
     let qx = pad_inputs(&queries, dim, rows, &dev).unwrap();
     let out_together = arch.forward(&together.params, &qx).unwrap();
     for (i, s) in all.iter().enumerate() {
         assert_eq!(row_bucket(arch, s.n), rows, "the sizes of this test share one bucket");
         let one = pad(std::slice::from_ref(s), dim, rows, classes, &dev).unwrap();
-        let alone = adapt_padded(arch, task, &theta, &alpha, &one, steps, &mut || Ok(())).unwrap();
+        let alone = adapt_padded(arch, task, &theta, &Rule::metasgd(&alpha), &one, steps, &mut || Ok(())).unwrap();
         let mine = select_task(&together.params, i).unwrap();
         for (p, q) in mine.iter().zip(&alone.params) {
             assert_eq!(
@@ -138,7 +147,15 @@ fn check(arch: &Architecture, task: TaskKind, sizes: &[(usize, usize)], steps: u
             let eye = Tensor::eye(ts[i].classes, DType::F32, &dev).unwrap();
             Target::OneHot(eye.index_select(&idx, 0).unwrap().unsqueeze(0).unwrap())
         };
-        let plain = adapt(arch, task, &theta, &alpha, &Support { x: x.clone(), target }, steps).unwrap();
+        let plain = adapt(
+            arch,
+            task,
+            &theta,
+            &Rule::metasgd(&alpha),
+            &Support { x: x.clone(), target },
+            steps,
+        )
+        .unwrap();
         let out_plain = arch.forward(&plain.params, &x).unwrap();
         let c = if regression { 1 } else { ts[i].classes };
         let padded_out = out_alone.narrow(1, 0, s.n).unwrap().narrow(2, 0, c).unwrap();

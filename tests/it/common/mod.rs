@@ -61,6 +61,8 @@ pub fn models_with_classifier() -> PathBuf {
         },
         architecture: arch.clone(),
         n_way: Some(5),
+        update_rule: Default::default(),
+        inner_grad_clip: None,
         default_steps: 5,
         max_steps: 50,
         weights: "model.safetensors".into(),
@@ -89,7 +91,13 @@ pub fn models_with_classifier() -> PathBuf {
         .iter()
         .map(|_| Tensor::new(0.5f32, &Device::Cpu).unwrap())
         .collect();
-    save_model(&d.join("toy-classifier"), &manifest, &theta, &alpha).unwrap();
+    save_model(
+        &d.join("toy-classifier"),
+        &manifest,
+        &theta,
+        &metasgd::model::rule::Rule::metasgd(&alpha),
+    )
+    .unwrap();
     d
 }
 

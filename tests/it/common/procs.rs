@@ -23,7 +23,7 @@ pub fn sinusoid_models(nudge: Option<f32>) -> PathBuf {
         Some(by) => {
             let m = metasgd::model::load_model(&src, &candle_core::Device::Cpu).unwrap();
             let theta: Vec<_> = m.theta.iter().map(|t| (t + by as f64).unwrap()).collect();
-            metasgd::model::save_model(&dst, &m.manifest, &theta, &m.alpha).unwrap();
+            metasgd::model::save_model(&dst, &m.manifest, &theta, &m.rule).unwrap();
         }
     }
     d

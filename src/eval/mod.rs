@@ -1,5 +1,7 @@
 //! Evaluation: mean query loss ± 95% CI over fresh tasks, after adaptation.
 
+pub mod report;
+
 use std::path::Path;
 
 use candle_core::{DType, Device, D};
@@ -9,8 +11,10 @@ use serde::Serialize;
 
 use candle_core::Tensor;
 
-use crate::metasgd::{adapt, Episode, Support};
+use crate::model::adapt::{adapt, Support};
+use crate::model::rule::Rule;
 use crate::model::{load_model, loss_per_task, Architecture, LoadedModel, Target, TaskKind};
+use crate::tasks::Episode;
 use crate::tasks::TaskFamily;
 
 /// One cell of the results table.
@@ -66,7 +70,7 @@ pub fn task_losses(
             model.architecture(),
             model.manifest.task,
             &model.theta,
-            &model.alpha,
+            &model.rule,
             ep,
             spec.steps,
         )?;
@@ -105,7 +109,7 @@ pub fn episode_losses(
     arch: &Architecture,
     task: TaskKind,
     theta: &[Tensor],
-    alpha: &[Tensor],
+    rule: &Rule,
     ep: Episode,
     steps: usize,
 ) -> anyhow::Result<(Vec<f64>, Option<Vec<f64>>)> {
@@ -113,7 +117,7 @@ pub fn episode_losses(
         x: ep.support_x,
         target: ep.support_t,
     };
-    let a = adapt(arch, task, theta, alpha, &support, steps)?;
+    let a = adapt(arch, task, theta, rule, &support, steps)?;
     let out = arch.forward(&a.params, &ep.query_x)?;
     let per_task = loss_per_task(task, &out, &ep.query_t)?;
     let acc = match &ep.query_t {
@@ -158,14 +162,7 @@ pub fn centroid_accuracies(fam: &dyn TaskFamily, spec: EvalSpec, device: &Device
             anyhow::bail!("nearest-centroid needs a classification family");
         };
         let (sx, qx) = (ep.support_x.flatten_from(2)?, ep.query_x.flatten_from(2)?);
-        // Prototypes [T, C, D] = onehotᵀ·x / counts.
-        let counts = s1.sum(1)?.unsqueeze(2)?;
-        let protos = s1.transpose(1, 2)?.matmul(&sx)?.broadcast_div(&counts)?;
-        // ‖q − p‖² ordering = ‖p‖² − 2 q·p.
-        let qp = qx.matmul(&protos.transpose(1, 2)?)?;
-        let pp = protos.sqr()?.sum(2)?.unsqueeze(1)?;
-        let d = pp.broadcast_sub(&qp.affine(2.0, 0.0)?)?;
-        let pred = d.argmin(D::Minus1)?;
+        let pred = crate::model::loss::nearest_prototype(s1, &sx, &qx)?;
         let truth = q1.argmax(D::Minus1)?;
         Ok(pred.eq(&truth)?.to_dtype(DType::F64)?.mean(1)?.to_vec1::<f64>()?)
     })
@@ -239,7 +236,8 @@ pub fn paired_row(
 
 /// The model in `dir` and the baselines in `dir/baselines/*`, with labels.
 pub fn model_and_baselines(dir: &Path, device: &Device) -> anyhow::Result<Vec<(String, LoadedModel)>> {
-    let mut out = vec![("metasgd".to_string(), load_model(dir, device)?)];
+    let model = load_model(dir, device)?;
+    let mut out = vec![(model.manifest.name.clone(), model)];
     let base = dir.join("baselines");
     if base.is_dir() {
         let mut dirs: Vec<_> = std::fs::read_dir(&base)?
