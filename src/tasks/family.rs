@@ -3,7 +3,7 @@
 use candle_core::{Device, Result};
 use rand_chacha::ChaCha8Rng;
 
-use super::Episode;
+use super::episode::Episode;
 use crate::model::Manifest;
 
 /// A distribution over tasks that can be sampled in batches.

@@ -8,8 +8,8 @@ use rand::seq::index::sample;
 use rand_chacha::ChaCha8Rng;
 
 use super::clinc::{self, IntentData};
+use super::episode::Episode;
 use super::family::TaskFamily;
-use super::Episode;
 use crate::encoder::{minilm, Encoder, EncoderOptions};
 use crate::model::{Architecture, InputKind, InputSpec, Manifest, TaskKind};
 

@@ -16,8 +16,8 @@ use candle_core::{Device, Result};
 use rand::seq::index::sample;
 use rand_chacha::ChaCha8Rng;
 
+use super::episode::Episode;
 use super::family::TaskFamily;
-use super::Episode;
 use crate::images::{ink_image, rotate, PIXELS, SIDE};
 use crate::model::{Architecture, InputKind, InputSpec, Manifest, TaskKind};
 

@@ -5,8 +5,8 @@ use candle_core::{Device, Result, Tensor};
 use rand::Rng;
 use rand_chacha::ChaCha8Rng;
 
+use super::episode::Episode;
 use super::family::TaskFamily;
-use super::Episode;
 use crate::model::{Architecture, InputKind, InputSpec, Manifest, Target, TaskKind};
 
 pub struct Sinusoid;

@@ -18,7 +18,15 @@ fn expected(amplitude: f32, k: usize, queries: &[f32]) -> Vec<f32> {
         x: Tensor::from_vec(xs, (1, k, 1), &Device::Cpu).unwrap(),
         target: Target::Values(Tensor::from_vec(ys, (1, k, 1), &Device::Cpu).unwrap()),
     };
-    let a = adapt(m.architecture(), m.manifest.task, &m.theta, &m.rule, &support, 1).unwrap();
+    let a = adapt(
+        m.architecture(),
+        m.manifest.task,
+        &m.theta,
+        &m.rule,
+        &support,
+        m.manifest.default_steps,
+    )
+    .unwrap();
     let q = Tensor::from_slice(queries, (1, queries.len(), 1), &Device::Cpu).unwrap();
     m.architecture()
         .forward(&a.params, &q)

@@ -226,7 +226,14 @@ async fn every_bad_input_gets_a_4xx_json_error() {
     let diverging = json!({"support": {"inputs": [[1.0], [2.0], [3.0]], "labels": [1e5, -2e5, 3e5]}, "steps": 10});
     expect(
         "adaptation diverges",
-        raw(&s, "POST", create, &diverging.to_string(), j).await,
+        raw(
+            &s,
+            "POST",
+            "/v1/models/sinusoid-1step/sessions",
+            &diverging.to_string(),
+            j,
+        )
+        .await,
         422,
         "adaptation_diverged",
     );

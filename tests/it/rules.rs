@@ -120,3 +120,21 @@ async fn a_per_step_model_asked_for_more_steps_than_trained_keeps_the_last_rates
     let (st, err) = s.post(&path, at(11)).await;
     assert_eq!(st, 422, "{err}");
 }
+
+/// Regression test for the 5-step rules blowing up in training on a rare
+/// wild task: with the model's per-task gradient bound, a support set of
+/// huge labels takes bounded steps and lowers its loss instead of diverging
+/// (the unbounded one-step model answers 422 adaptation_diverged, in
+/// `errors.rs`).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn huge_labels_take_bounded_steps_on_a_model_with_a_gradient_bound() {
+    let s = TestServer::with_models(shipped_models()).await;
+    let wild = json!({"support": {"inputs": [[1.0], [2.0], [3.0]], "labels": [1e5, -2e5, 3e5]}, "steps": 10});
+    let (st, created) = s.post("/v1/models/sinusoid/sessions", wild).await;
+    assert_eq!(st, 201, "{created}");
+    let (before, after) = (
+        created["loss_before"].as_f64().unwrap(),
+        created["loss_after"].as_f64().unwrap(),
+    );
+    assert!(after.is_finite() && after < before, "{created}");
+}

@@ -9,11 +9,16 @@ use std::process::Command;
 use common::{shipped_models, temp_dir};
 
 fn models_dir_with(edit: impl FnOnce(&Path)) -> std::path::PathBuf {
+    models_dir_from("sinusoid", edit)
+}
+
+/// A models folder with a copy of the shipped model `name`, edited.
+fn models_dir_from(name: &str, edit: impl FnOnce(&Path)) -> std::path::PathBuf {
     let d = temp_dir("startup");
-    let m = d.join("sinusoid");
+    let m = d.join(name);
     std::fs::create_dir_all(&m).unwrap();
     for f in ["manifest.json", "model.safetensors"] {
-        std::fs::copy(shipped_models().join("sinusoid").join(f), m.join(f)).unwrap();
+        std::fs::copy(shipped_models().join(name).join(f), m.join(f)).unwrap();
     }
     edit(&m);
     d
@@ -92,15 +97,24 @@ fn with_manifest(m: &Path, edit: impl FnOnce(&mut serde_json::Value)) {
 
 #[test]
 fn a_rule_whose_tensors_are_not_in_the_weights_names_the_file_and_the_tensor() {
-    let d = models_dir_with(|m| with_manifest(m, |v| v["update_rule"] = "per_step".into()));
+    let d = models_dir_from("sinusoid-metasgd", |m| {
+        with_manifest(m, |v| v["update_rule"] = "per_step".into())
+    });
     let err = serve_fails(&d);
     assert!(
         err.contains("model.safetensors") && err.contains("missing tensor alpha.0.l1.weight"),
         "{err}"
     );
-    let d = models_dir_with(|m| with_manifest(m, |v| v["update_rule"] = "momentum".into()));
+    let d = models_dir_from("sinusoid-metasgd", |m| {
+        with_manifest(m, |v| v["update_rule"] = "momentum".into())
+    });
     let err = serve_fails(&d);
     assert!(err.contains("missing tensor beta.l1.weight"), "{err}");
+    let d = models_dir_from("sinusoid-lslr", |m| {
+        with_manifest(m, |v| v["update_rule"] = "lstm".into())
+    });
+    let err = serve_fails(&d);
+    assert!(err.contains("missing tensor lstm.wf"), "{err}");
 }
 
 #[test]
@@ -115,7 +129,7 @@ fn an_unknown_update_rule_names_the_manifest() {
 
 #[test]
 fn tensors_of_another_rule_left_in_the_weights_are_rejected() {
-    let d = models_dir_with(|m| {
+    let d = models_dir_from("sinusoid-metasgd", |m| {
         let path = m.join("model.safetensors");
         let mut t = candle_core::safetensors::load(&path, &candle_core::Device::Cpu).unwrap();
         t.insert(

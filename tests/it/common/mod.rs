@@ -42,8 +42,10 @@ pub fn temp_dir(tag: &str) -> PathBuf {
     d
 }
 
-/// A models folder with the shipped sinusoid model and a small 5-way
-/// classifier ("toy-classifier": MLP 2-16-5, θ seeded, α one scalar per tensor).
+/// A models folder with the shipped sinusoid model, the one-step Meta-SGD
+/// sinusoid baseline served as "sinusoid-1step" (no gradient bound, so a
+/// wild support set can still diverge), and a small 5-way classifier
+/// ("toy-classifier": MLP 2-16-5, θ seeded, α one scalar per tensor).
 pub fn models_with_classifier() -> PathBuf {
     let d = temp_dir("models");
     let src = shipped_models().join("sinusoid");
@@ -51,6 +53,17 @@ pub fn models_with_classifier() -> PathBuf {
     for f in ["manifest.json", "model.safetensors"] {
         std::fs::copy(src.join(f), d.join("sinusoid").join(f)).unwrap();
     }
+    let one = src.join("baselines/metasgd-1step");
+    std::fs::create_dir_all(d.join("sinusoid-1step")).unwrap();
+    std::fs::copy(
+        one.join("model.safetensors"),
+        d.join("sinusoid-1step/model.safetensors"),
+    )
+    .unwrap();
+    let manifest = std::fs::read_to_string(one.join("manifest.json"))
+        .unwrap()
+        .replace("\"sinusoid-metasgd-1step\"", "\"sinusoid-1step\"");
+    std::fs::write(d.join("sinusoid-1step/manifest.json"), manifest).unwrap();
     let arch = Architecture::Mlp { sizes: vec![2, 16, 5] };
     let manifest = Manifest {
         name: "toy-classifier".into(),
