@@ -5,7 +5,9 @@
 //! serving reaches here. Adaptation itself, which serving shares, is
 //! `model::adapt`.
 
+pub mod config;
 pub mod curves;
+pub mod init;
 pub mod meta;
 pub mod optim;
 pub mod pretrain;

@@ -1,0 +1,149 @@
+//! `metasgd train`'s settings: what is learned and every flag of a run,
+//! saved as the model's `train_config.json`.
+
+use std::path::PathBuf;
+
+use serde::{Deserialize, Serialize};
+
+use super::run::RunArgs;
+use super::Order;
+use crate::model::rule::UpdateRule;
+
+/// What is meta-learned.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize, clap::ValueEnum)]
+#[serde(rename_all = "snake_case")]
+pub enum Method {
+    /// θ and the update rule's tensors (Meta-SGD's α, and the like).
+    Metasgd,
+    /// θ only; α is the fixed scalar `--maml-alpha`.
+    Maml,
+    /// θ only, by Reptile's first-order update; α is `--maml-alpha`.
+    Reptile,
+}
+
+/// Every setting of a training run; saved as `train_config.json`.
+#[derive(Clone, Debug, Serialize, Deserialize, clap::Args)]
+pub struct TrainConfig {
+    /// Task family to meta-train on.
+    #[arg(long, default_value = "sinusoid")]
+    pub task: String,
+    /// Dataset folder, for task families that read one (omniglot).
+    #[arg(long)]
+    #[serde(default)]
+    pub data: Option<PathBuf>,
+    /// Classes per task, for classification families.
+    #[arg(long, default_value_t = 5)]
+    #[serde(default = "default_n_way")]
+    pub n_way: usize,
+    /// Start θ from this safetensors file's `theta.*` tensors (for example
+    /// `pretrain`'s `init.safetensors`, or a model's weights) instead of a
+    /// random initialisation.
+    #[arg(long)]
+    #[serde(default)]
+    pub init: Option<PathBuf>,
+    /// With `--init`: start the rule's α (every step's, for `per_step`) from
+    /// that file's `alpha.*` too.
+    #[arg(long)]
+    #[serde(default)]
+    pub init_alpha: bool,
+    /// With `--init-alpha`: the factor on the loaded α for every step after
+    /// the first (`per_step`) or for all steps (`momentum`), so that a rule
+    /// started from a one-step model does not overshoot.
+    #[arg(long, default_value_t = 1.0)]
+    #[serde(default = "one")]
+    pub init_alpha_later: f64,
+    /// For feature-vector models (the intents family): the hidden layer
+    /// sizes of a meta-learned MLP body before the head, comma separated.
+    #[arg(long, value_delimiter = ',')]
+    #[serde(default)]
+    pub hidden: Vec<usize>,
+    /// For feature-vector models: subtract a meta-learned center and
+    /// L2-normalize (see `Architecture::Features`).
+    #[arg(long)]
+    #[serde(default)]
+    pub center: bool,
+    /// For feature-vector models: a cosine head (see `Architecture::Features`).
+    #[arg(long)]
+    #[serde(default)]
+    pub cosine: bool,
+    /// Output model folder (checkpoints are kept there too).
+    #[arg(long)]
+    pub out: PathBuf,
+    /// Model name in the manifest (default: the folder name).
+    #[arg(long)]
+    pub name: Option<String>,
+    #[arg(long, value_enum, default_value = "metasgd")]
+    pub method: Method,
+    /// The update rule (see `model::rule`); `maml` and `reptile` need `metasgd`.
+    #[arg(long, value_enum, default_value = "metasgd")]
+    #[serde(default)]
+    pub rule: UpdateRule,
+    #[arg(long, value_enum, default_value = "second")]
+    pub order: Order,
+    #[command(flatten)]
+    #[serde(flatten)]
+    pub run: RunArgs,
+    #[arg(long, default_value_t = 25)]
+    pub meta_batch: usize,
+    /// Support examples per task; with `--k-support-max`, the fewest.
+    #[arg(long, default_value_t = 10)]
+    pub k_support: usize,
+    /// With a value, each iteration's K is drawn uniformly from
+    /// `k_support..=k_support_max` (one K for the whole meta-batch).
+    #[arg(long)]
+    #[serde(default)]
+    pub k_support_max: Option<usize>,
+    #[arg(long, default_value_t = 10)]
+    pub k_query: usize,
+    #[arg(long, default_value_t = 1)]
+    pub inner_steps: usize,
+    /// α starts uniform in [alpha_lo, alpha_hi] (per element), or at their
+    /// mean (per tensor).
+    #[arg(long, default_value_t = 0.005)]
+    pub alpha_lo: f64,
+    #[arg(long, default_value_t = 0.1)]
+    pub alpha_hi: f64,
+    /// α of the class-shared head starts at this constant instead
+    /// (the head starts at zero, so its step sets the logits' scale).
+    #[arg(long)]
+    #[serde(default)]
+    pub alpha_head: Option<f64>,
+    /// Learn one rate per tensor (MAML++'s LSLR) instead of per element.
+    #[arg(long)]
+    #[serde(default)]
+    pub per_tensor: bool,
+    /// Scale each task's inner gradient to at most this L2 norm at every
+    /// step (saved as the manifest's `inner_grad_clip`, so serving does the same).
+    #[arg(long)]
+    #[serde(default)]
+    pub inner_grad_clip: Option<f64>,
+    /// `momentum`: β's starting value.
+    #[arg(long, default_value_t = 0.5)]
+    #[serde(default = "default_beta")]
+    pub beta_init: f64,
+    /// `lstm`: the forget gate's starting bias (σ(6) ≈ 0.9975 keeps θ).
+    #[arg(long, default_value_t = 6.0)]
+    #[serde(default = "default_lstm_bf")]
+    pub lstm_bf: f64,
+    /// MAML and Reptile: the fixed inner learning rate.
+    #[arg(long, default_value_t = 0.01)]
+    pub maml_alpha: f64,
+    #[arg(long, default_value_t = 0)]
+    pub seed: u64,
+    /// Number of validation tasks (fixed, drawn from a separate seed).
+    #[arg(long, default_value_t = 500)]
+    pub val_tasks: usize,
+}
+
+fn default_n_way() -> usize {
+    5
+}
+fn one() -> f64 {
+    1.0
+}
+fn default_beta() -> f64 {
+    0.5
+}
+fn default_lstm_bf() -> f64 {
+    6.0
+}
