@@ -5,7 +5,7 @@
 
 use candle_core::{DType, Device, Tensor, Var};
 use metasgd::metasgd::{meta_loss, Order};
-use metasgd::model::{Architecture, Target, TaskKind};
+use metasgd::model::{Architecture, InnerLoss, Target, TaskKind};
 use metasgd::tasks::Episode;
 use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
@@ -284,10 +284,19 @@ mod rules {
     }
 
     fn loss(p: &Problem, theta: &[Tensor], rule: &Rule, steps: usize) -> f64 {
-        meta_loss_with(&p.arch, p.task, theta, rule, &p.ep, steps, Order::Second)
-            .unwrap()
-            .to_scalar::<f64>()
-            .unwrap()
+        meta_loss_with(
+            &p.arch,
+            p.task,
+            theta,
+            rule,
+            InnerLoss::Mean,
+            &p.ep,
+            steps,
+            Order::Second,
+        )
+        .unwrap()
+        .to_scalar::<f64>()
+        .unwrap()
     }
 
     fn flat(t: &Tensor) -> Vec<f64> {
@@ -337,6 +346,7 @@ mod rules {
             p.task,
             &tt,
             &rule.with_tensors(&rt).unwrap(),
+            InnerLoss::Mean,
             &p.ep,
             steps,
             Order::Second,

@@ -11,9 +11,9 @@ use serde::Serialize;
 
 use candle_core::Tensor;
 
-use crate::model::adapt::{adapt, Support};
+use crate::model::adapt::{adapt_chunked, Support};
 use crate::model::rule::Rule;
-use crate::model::{load_model, loss_per_task, Architecture, LoadedModel, Target, TaskKind};
+use crate::model::{load_model, loss_per_task, Architecture, InnerLoss, LoadedModel, Target, TaskKind};
 use crate::tasks::Episode;
 use crate::tasks::TaskFamily;
 
@@ -71,6 +71,7 @@ pub fn task_losses(
             model.manifest.task,
             &model.theta,
             &model.rule,
+            model.manifest.inner_loss,
             ep,
             spec.steps,
         )?;
@@ -110,6 +111,7 @@ pub fn episode_losses(
     task: TaskKind,
     theta: &[Tensor],
     rule: &Rule,
+    inner: InnerLoss,
     ep: Episode,
     steps: usize,
 ) -> anyhow::Result<(Vec<f64>, Option<Vec<f64>>)> {
@@ -117,7 +119,9 @@ pub fn episode_losses(
         x: ep.support_x,
         target: ep.support_t,
     };
-    let a = adapt(arch, task, theta, rule, &support, steps)?;
+    let a = adapt_chunked(arch, task, theta, rule, inner, &support, steps, usize::MAX, &mut || {
+        Ok(())
+    })?;
     let out = arch.forward(&a.params, &ep.query_x)?;
     let per_task = loss_per_task(task, &out, &ep.query_t)?;
     let acc = match &ep.query_t {

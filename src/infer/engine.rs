@@ -77,6 +77,7 @@ pub fn adapt_support(
         model.manifest.task,
         &model.theta,
         &model.rule,
+        model.manifest.inner_loss,
         &Support { x, target },
         steps,
         rows,
@@ -256,7 +257,7 @@ pub fn adapt_batch(
         .max()
         .unwrap_or(1);
     let classes = sets.iter().map(|s| class_bucket(s.labels.outputs())).max().unwrap_or(1);
-    let padded = pad(&tasks, dim, rows, classes, device)?;
+    let padded = pad(&tasks, dim, rows, classes, model.manifest.inner_loss, device)?;
     let mut check = || {
         if cancelled() {
             Err(candle_core::Error::Msg(super::error::CANCELLED.into()))

@@ -8,6 +8,7 @@ use serde::{Deserialize, Serialize};
 use super::run::RunArgs;
 use super::Order;
 use crate::model::rule::UpdateRule;
+use crate::model::InnerLoss;
 
 /// What is meta-learned.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize, clap::ValueEnum)]
@@ -35,6 +36,17 @@ pub struct TrainConfig {
     #[arg(long, default_value_t = 5)]
     #[serde(default = "default_n_way")]
     pub n_way: usize,
+    /// With a value, each iteration's class count is drawn uniformly from
+    /// `n_way..=n_way_max` (one N for the whole meta-batch); validation
+    /// uses `n_way`.
+    #[arg(long)]
+    #[serde(default)]
+    pub n_way_max: Option<usize>,
+    /// How the support loss is normalized (saved as the manifest's
+    /// `inner_loss`, so serving does the same).
+    #[arg(long, value_enum, default_value = "mean")]
+    #[serde(default)]
+    pub inner_loss: InnerLoss,
     /// Start θ from this safetensors file's `theta.*` tensors (for example
     /// `pretrain`'s `init.safetensors`, or a model's weights) instead of a
     /// random initialisation.

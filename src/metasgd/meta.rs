@@ -10,7 +10,7 @@ use candle_core::{Result, Tensor, Var};
 use serde::{Deserialize, Serialize};
 
 use crate::model::rule::{Rule, State};
-use crate::model::{loss_per_task, Architecture, TaskKind};
+use crate::model::{loss_per_task, Architecture, InnerLoss, TaskKind};
 use crate::tasks::Episode;
 
 /// Whether meta-gradients flow through the inner gradients.
@@ -42,17 +42,19 @@ pub fn meta_loss(
     order: Order,
 ) -> Result<Tensor> {
     let rule = Rule::MetaSgd { alpha: alpha.to_vec() };
-    meta_loss_with(arch, task, theta, &rule, ep, steps, order)
+    meta_loss_with(arch, task, theta, &rule, InnerLoss::Mean, ep, steps, order)
 }
 
 /// [`meta_loss`] for any update rule (`model::rule`): differentiable in θ
 /// and in the rule's tensors. With [`Order::First`] the inner gradients and
 /// the losses the rule reads are treated as constants.
+#[allow(clippy::too_many_arguments)]
 pub fn meta_loss_with(
     arch: &Architecture,
     task: TaskKind,
     theta: &[Tensor],
     rule: &Rule,
+    inner: InnerLoss,
     ep: &Episode,
     steps: usize,
     order: Order,
@@ -79,7 +81,7 @@ pub fn meta_loss_with(
             .zip(&zeros)
             .map(|(p, z)| p.add(z.as_tensor()))
             .collect::<Result<_>>()?;
-        let per_task = loss_per_task(task, &arch.forward(&point, &ep.support_x)?, &ep.support_t)?;
+        let per_task = inner.support_loss(task, &arch.forward(&point, &ep.support_x)?, &ep.support_t)?;
         let grads = per_task.sum_all()?.backward()?;
         let first = order == Order::First;
         let g: Vec<Tensor> = zeros

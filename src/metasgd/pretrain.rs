@@ -24,6 +24,7 @@ use crate::model::conv::{conv3x3, max_pool2, to_features, to_images};
 use crate::model::layers::linear;
 use crate::model::loss::{cross_entropy, nearest_prototype};
 use crate::model::{store, Architecture};
+use crate::tasks::augment::Augment;
 use crate::tasks::omniglot::{Omniglot, OmniglotTasks, Split};
 
 const EPS: f64 = 1e-5;
@@ -47,6 +48,12 @@ pub struct PretrainConfig {
     pub batch: usize,
     #[arg(long, default_value_t = 0)]
     pub seed: u64,
+    /// Warp each training drawing at random (small affine, stroke
+    /// thickness; [`crate::tasks::augment`]). Batch-norm folding and
+    /// validation always see the drawings as they are.
+    #[arg(long)]
+    #[serde(default)]
+    pub augment: bool,
 }
 
 /// Conv weights and biases (8), batch-norm γ and β (8), head weight and bias.
@@ -115,14 +122,24 @@ fn body_bn(p: &[Tensor], x: &Tensor) -> candle_core::Result<Tensor> {
 }
 
 /// A batch of `b` background drawings (each class a character at one rotation) and their class ids.
-fn batch(data: &Omniglot, rng: &mut ChaCha8Rng, b: usize, device: &Device) -> anyhow::Result<(Tensor, Tensor)> {
+fn batch(
+    data: &Omniglot,
+    rng: &mut ChaCha8Rng,
+    b: usize,
+    augment: Option<&Augment>,
+    device: &Device,
+) -> anyhow::Result<(Tensor, Tensor)> {
     let (mut xs, mut ys) = (Vec::with_capacity(b * PIXELS), Vec::with_capacity(b));
     for _ in 0..b {
         let c = rng.random_range(0..data.characters.len());
         let turns = rng.random_range(0..4usize);
         let ch = &data.characters[c];
         let i = ch.first + rng.random_range(0..ch.count);
-        xs.extend(rotate(data.image(i), turns));
+        let img = rotate(data.image(i), turns);
+        match augment {
+            Some(a) => xs.extend(a.apply(&img, rng)),
+            None => xs.extend(img),
+        }
         ys.push((c * 4 + turns) as u32);
     }
     Ok((
@@ -135,7 +152,7 @@ fn batch(data: &Omniglot, rng: &mut ChaCha8Rng, b: usize, device: &Device) -> an
 /// layer over `n` fixed background drawings. Returns the conv4 θ (zero head).
 pub fn fold(p: &[Tensor], data: &Omniglot, n: usize, device: &Device) -> anyhow::Result<Vec<Tensor>> {
     let mut rng = ChaCha8Rng::seed_from_u64(7);
-    let (x, _) = batch(data, &mut rng, n, device)?;
+    let (x, _) = batch(data, &mut rng, n, None, device)?;
     let mut folded: Vec<Tensor> = Vec::new();
     let mut h = to_images(&x, 1, SIDE)?;
     for l in 0..4 {
@@ -201,7 +218,8 @@ impl Job for PretrainJob {
     fn step(&mut self, it: u64, vars: &[Var]) -> anyhow::Result<(f64, Vec<Tensor>)> {
         let mut rng = ChaCha8Rng::seed_from_u64(self.cfg.seed);
         rng.set_stream(it + 1);
-        let (x, y) = batch(&self.data, &mut rng, self.cfg.batch, &self.device)?;
+        let aug = self.cfg.augment.then(Augment::default);
+        let (x, y) = batch(&self.data, &mut rng, self.cfg.batch, aug.as_ref(), &self.device)?;
         let p: Vec<Tensor> = vars.iter().map(|v| v.as_tensor().clone()).collect();
         let f = body_bn(&p, &x)?;
         let logits = linear(&f, &p[16], &p[17])?.squeeze(0)?;

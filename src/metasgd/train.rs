@@ -15,7 +15,7 @@ use rand_chacha::ChaCha8Rng;
 use super::init::{init_alpha, init_rule, init_theta, mean_input};
 use super::run::{run, Job, RunFiles};
 use super::{meta_loss_with, Order};
-use crate::model::adapt::{adapt, Support};
+use crate::model::adapt::{adapt_chunked, Support};
 use crate::model::rule::{Rule, UpdateRule};
 use crate::model::{loss_per_task, rule_names, save_model, store, Architecture, Manifest, TaskKind};
 use crate::tasks::{families, TaskFamily};
@@ -39,7 +39,8 @@ pub fn validate(
     while left > 0 {
         let n = left.min(fam.eval_chunk());
         let ep = fam.sample(&mut rng, n, cfg.k_support, queries, device)?;
-        losses.extend(crate::eval::episode_losses(arch, task, theta, rule, ep, cfg.inner_steps)?.0);
+        let inner = cfg.inner_loss;
+        losses.extend(crate::eval::episode_losses(arch, task, theta, rule, inner, ep, cfg.inner_steps)?.0);
         left -= n;
     }
     Ok(crate::eval::mean_ci95(&losses).0)
@@ -159,16 +160,37 @@ impl Job for TrainJob {
             Some(hi) => rng.random_range(cfg.k_support..=hi.max(cfg.k_support)),
             None => cfg.k_support,
         };
-        let ep = self
-            .fam
-            .sample(&mut rng, cfg.meta_batch, k, cfg.k_query, &self.device)?;
+        let ep = match cfg.n_way_max {
+            Some(hi) if hi > cfg.n_way => {
+                let n = rng.random_range(cfg.n_way..=hi);
+                let fam = self
+                    .fam
+                    .with_n_way(n)
+                    .with_context(|| format!("--n-way-max: the {} family has no class count", cfg.task))?;
+                fam.sample(&mut rng, cfg.meta_batch, k, cfg.k_query, &self.device)?
+            }
+            _ => self
+                .fam
+                .sample(&mut rng, cfg.meta_batch, k, cfg.k_query, &self.device)?,
+        };
         let (theta, rule) = self.split(vars)?;
         if cfg.method == Method::Reptile {
             let support = Support {
                 x: ep.support_x,
                 target: ep.support_t,
             };
-            let a = adapt(&self.arch, self.task, &theta, &rule, &support, cfg.inner_steps)?;
+            let (steps, whole) = (cfg.inner_steps, usize::MAX);
+            let a = adapt_chunked(
+                &self.arch,
+                self.task,
+                &theta,
+                &rule,
+                cfg.inner_loss,
+                &support,
+                steps,
+                whole,
+                &mut || Ok(()),
+            )?;
             let q = loss_per_task(self.task, &self.arch.forward(&a.params, &ep.query_x)?, &ep.query_t)?;
             let loss = q.mean_all()?.to_dtype(DType::F64)?.to_scalar::<f64>()?;
             // Adam on θ − mean θ′ is Reptile's θ ← θ + ε(θ′ − θ) with Adam's ε.
@@ -179,7 +201,8 @@ impl Job for TrainJob {
                 .collect::<candle_core::Result<_>>()?;
             return Ok((loss, grads));
         }
-        let loss = meta_loss_with(&self.arch, self.task, &theta, &rule, &ep, cfg.inner_steps, cfg.order)?;
+        let (inner, steps) = (cfg.inner_loss, cfg.inner_steps);
+        let loss = meta_loss_with(&self.arch, self.task, &theta, &rule, inner, &ep, steps, cfg.order)?;
         let grads = loss.backward()?;
         let gs = vars
             .iter()
@@ -236,6 +259,10 @@ fn manifest_for(cfg: &TrainConfig, fam: &dyn TaskFamily) -> anyhow::Result<Manif
     }
     manifest.update_rule = cfg.rule;
     manifest.inner_grad_clip = cfg.inner_grad_clip;
+    manifest.inner_loss = cfg.inner_loss;
+    if let (Some(max), Some(n)) = (cfg.n_way_max, manifest.n_way) {
+        manifest.n_way = Some(n.max(max));
+    }
     // Serve with the step count the model was meta-trained for.
     manifest.default_steps = cfg.inner_steps;
     manifest.max_steps = manifest.max_steps.max(cfg.inner_steps);

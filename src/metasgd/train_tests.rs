@@ -11,6 +11,8 @@ fn cfg(out: &Path, iters: u64) -> TrainConfig {
         task: "sinusoid".into(),
         data: None,
         n_way: 5,
+        n_way_max: None,
+        inner_loss: Default::default(),
         init: None,
         init_alpha: false,
         init_alpha_later: 1.0,
@@ -160,7 +162,7 @@ fn reptile_moves_theta_toward_the_adapted_parameters() {
         x: ep.support_x,
         target: ep.support_t,
     };
-    let a = adapt(&arch, TaskKind::Regression, &theta0, &rule, &s, 1).unwrap();
+    let a = crate::model::adapt::adapt(&arch, TaskKind::Regression, &theta0, &rule, &s, 1).unwrap();
     let m = crate::model::load_model(&out, &Device::Cpu).unwrap();
     for ((t0, p), t1) in theta0.iter().zip(&a.params).zip(&m.theta) {
         let toward = p

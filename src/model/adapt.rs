@@ -14,7 +14,7 @@
 use candle_core::{Result, Tensor, Var};
 
 use super::rule::{Rule, State};
-use super::{loss_per_task, Architecture, Target, TaskKind};
+use super::{Architecture, InnerLoss, Target, TaskKind};
 
 /// A batch of support sets: `x` is `[T, N, in]`.
 #[derive(Clone, Debug)]
@@ -32,7 +32,8 @@ pub struct Adapted {
     pub loss_after: Vec<f32>,
 }
 
-/// Runs `steps` steps of `rule` from θ on each task's support set.
+/// Runs `steps` steps of `rule` from θ on each task's support set, on the
+/// row-mean support loss ([`adapt_chunked`] takes the model's `inner_loss`).
 ///
 /// θ has the architecture's shapes; the rule's θ-shaped tensors have the
 /// same shapes or are one scalar per tensor. With `steps == 0` the result is
@@ -45,18 +46,31 @@ pub fn adapt(
     support: &Support,
     steps: usize,
 ) -> Result<Adapted> {
-    adapt_chunked(arch, task, theta, rule, support, steps, usize::MAX, &mut || Ok(()))
+    let whole = usize::MAX;
+    adapt_chunked(
+        arch,
+        task,
+        theta,
+        rule,
+        InnerLoss::Mean,
+        support,
+        steps,
+        whole,
+        &mut || Ok(()),
+    )
 }
 
-/// [`adapt`] with the support rows cut into chunks of at most `rows`
-/// (see the module docs). `check` runs before every chunk of every step;
-/// an error from it (a cancellation) stops the adaptation there.
+/// [`adapt`] on the `inner` support loss, with the support rows cut into
+/// chunks of at most `rows` (see the module docs). `check` runs before every
+/// chunk of every step; an error from it (a cancellation) stops the
+/// adaptation there. The losses it reports are the `inner` loss.
 #[allow(clippy::too_many_arguments)]
 pub fn adapt_chunked(
     arch: &Architecture,
     task: TaskKind,
     theta: &[Tensor],
     rule: &Rule,
+    inner: InnerLoss,
     support: &Support,
     steps: usize,
     rows: usize,
@@ -79,11 +93,8 @@ pub fn adapt_chunked(
         let mut losses = Losses::new(t);
         for c in &chunks {
             check()?;
-            let per_task = c.weigh(loss_per_task(
-                task,
-                &arch.forward(&tensors, &c.support.x)?,
-                &c.support.target,
-            )?)?;
+            let per_task =
+                c.weigh(inner.support_loss(task, &arch.forward(&tensors, &c.support.x)?, &c.support.target)?)?;
             losses.add(&per_task)?;
             let g = per_task.sum_all()?.backward()?;
             for (acc, p) in grads.iter_mut().zip(&tensors) {
@@ -117,7 +128,7 @@ pub fn adapt_chunked(
     let mut after = Losses::new(t);
     for c in &chunks {
         check()?;
-        after.add(&c.weigh(loss_per_task(
+        after.add(&c.weigh(inner.support_loss(
             task,
             &arch.forward(&params, &c.support.x)?,
             &c.support.target,
@@ -320,6 +331,7 @@ pub(crate) mod tests {
             TaskKind::Classification,
             &theta,
             &Rule::metasgd(&alpha),
+            InnerLoss::Mean,
             &s,
             3,
             5,
@@ -346,6 +358,7 @@ pub(crate) mod tests {
             TaskKind::Classification,
             &theta,
             &Rule::metasgd(&alpha),
+            InnerLoss::Mean,
             &s,
             3,
             n,
@@ -408,6 +421,7 @@ pub(crate) mod tests {
             TaskKind::Classification,
             &theta,
             &Rule::metasgd(&alpha),
+            InnerLoss::Mean,
             &s,
             3,
             4,
@@ -478,6 +492,7 @@ pub(crate) mod tests {
             TaskKind::Regression,
             &theta,
             &Rule::metasgd(&alpha),
+            InnerLoss::Mean,
             &s,
             10,
             4,

@@ -16,7 +16,7 @@ use candle_core::{Device, Result, Tensor, Var, D};
 
 use super::adapt::{for_target, Adapted};
 use super::rule::{Rule, State};
-use super::{Architecture, TaskKind};
+use super::{Architecture, InnerLoss, TaskKind};
 
 /// The logit given to a padded class: `exp(MASKED_LOGIT − max)` is 0 in f32
 /// and f64, so a padded class takes no probability and gets no gradient.
@@ -68,8 +68,16 @@ pub enum PaddedTarget {
 }
 
 /// Pads `tasks` to `rows` rows and (for classification) `classes` classes.
-/// Every task must fit: `n <= rows`, its class count `<= classes`.
-pub fn pad(tasks: &[TaskSet], dim: usize, rows: usize, classes: usize, device: &Device) -> Result<Padded> {
+/// Every task must fit: `n <= rows`, its class count `<= classes`. The row
+/// weights make [`weighted_loss`] the `inner` support loss of each task.
+pub fn pad(
+    tasks: &[TaskSet],
+    dim: usize,
+    rows: usize,
+    classes: usize,
+    inner: InnerLoss,
+    device: &Device,
+) -> Result<Padded> {
     let t = tasks.len();
     let mut x = vec![0f32; t * rows * dim];
     let mut w = vec![0f32; t * rows];
@@ -78,7 +86,11 @@ pub fn pad(tasks: &[TaskSet], dim: usize, rows: usize, classes: usize, device: &
             candle_core::bail!("task {i}: {} rows do not fit a bucket of {rows}", task.n);
         }
         x[i * rows * dim..][..task.n * dim].copy_from_slice(task.x);
-        w[i * rows..][..task.n].fill(1.0 / task.n as f32);
+        let scale = match (inner, &task.labels) {
+            (InnerLoss::PerClass, Labels::Classes { classes: c, .. }) => *c as f32,
+            _ => 1.0,
+        };
+        w[i * rows..][..task.n].fill(scale / task.n as f32);
     }
     let target = match tasks.first().map(|s| &s.labels) {
         Some(Labels::Values { out, .. }) => {

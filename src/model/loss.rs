@@ -4,8 +4,54 @@
 //! baseline and pre-training's progress signal).
 
 use candle_core::{DType, Result, Tensor, D};
+use serde::{Deserialize, Serialize};
 
 use super::{Target, TaskKind};
+
+/// How the support loss that adaptation minimises is normalized (the
+/// manifest's `inner_loss`). Query losses, and so the meta-objective, are
+/// always row means.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize, clap::ValueEnum)]
+#[serde(rename_all = "snake_case")]
+#[value(rename_all = "snake_case")]
+pub enum InnerLoss {
+    /// The mean over support rows. With N classes of K shots, each class's
+    /// head row gets 1/N of the step it would get alone.
+    #[default]
+    Mean,
+    /// The row mean times the task's class count: for a balanced support set,
+    /// the sum over classes of each class's mean loss, so a class's step does
+    /// not shrink as N grows and one set of rates serves any N.
+    PerClass,
+}
+
+impl InnerLoss {
+    /// The manifest's spelling.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            InnerLoss::Mean => "mean",
+            InnerLoss::PerClass => "per_class",
+        }
+    }
+
+    /// The factor on a task's row-mean support loss: its class count for
+    /// `per_class` classification, else 1.
+    pub fn scale(self, task: TaskKind, target: &Target) -> Result<f64> {
+        Ok(match (self, task, target) {
+            (InnerLoss::PerClass, TaskKind::Classification, Target::OneHot(t)) => t.dim(D::Minus1)? as f64,
+            _ => 1.0,
+        })
+    }
+
+    /// The support loss adaptation minimises, per task `[T]`.
+    pub fn support_loss(self, task: TaskKind, pred: &Tensor, target: &Target) -> Result<Tensor> {
+        let l = loss_per_task(task, pred, target)?;
+        match self.scale(task, target)? {
+            s if s == 1.0 => Ok(l),
+            s => l.affine(s, 0.0),
+        }
+    }
+}
 
 /// Per-task mean losses, summed over tasks. `pred` is `[T, N, out]`.
 ///

@@ -4,7 +4,11 @@ use serde::{Deserialize, Serialize};
 
 use super::encoder_spec::EncoderSpec;
 use super::rule::UpdateRule;
-use super::Architecture;
+use super::{Architecture, InnerLoss};
+
+fn is_mean(l: &InnerLoss) -> bool {
+    *l == InnerLoss::Mean
+}
 
 /// Regression (MSE) or classification (cross-entropy).
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -50,6 +54,10 @@ pub struct Manifest {
     /// rule uses it; training used the same.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub inner_grad_clip: Option<f64>,
+    /// How the support loss is normalized (`mean` or `per_class`, see
+    /// `model::loss::InnerLoss`); training used the same.
+    #[serde(default, skip_serializing_if = "is_mean")]
+    pub inner_loss: InnerLoss,
     pub default_steps: usize,
     pub max_steps: usize,
     /// The safetensors file holding `theta.*` and `alpha.*`, relative to the folder.

@@ -24,7 +24,7 @@ use serde::{Deserialize, Serialize};
 
 use layers::{linear, per_task_rows, unit_rows};
 
-pub use loss::{log_softmax, loss_per_task, loss_sum};
+pub use loss::{log_softmax, loss_per_task, loss_sum, InnerLoss};
 pub use manifest::{InputKind, InputSpec, Manifest, ModelLimits, TaskKind};
 pub use store::{load_model, save_model, LoadedModel, ModelError};
 

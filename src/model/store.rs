@@ -13,7 +13,7 @@ use candle_core::{DType, Device, Tensor};
 use sha2::{Digest, Sha256};
 
 use super::rule::Rule;
-use super::{rule_names, Architecture, Manifest};
+use super::{rule_names, Architecture, InnerLoss, Manifest};
 
 /// Why a model folder could not be loaded. Every variant names the file.
 #[derive(Debug, thiserror::Error)]
@@ -236,6 +236,9 @@ pub fn digest(manifest: &Manifest, theta: &[Tensor], rule: &Rule) -> candle_core
     }
     if let Some(c) = manifest.inner_grad_clip {
         h.update(format!("inner_grad_clip:{c};").as_bytes());
+    }
+    if manifest.inner_loss != InnerLoss::Mean {
+        h.update(format!("inner_loss:{};", manifest.inner_loss.as_str()).as_bytes());
     }
     let theta = arch
         .params()

@@ -29,4 +29,8 @@ pub trait TaskFamily: Send + Sync {
     fn n_way(&self) -> Option<usize> {
         None
     }
+    /// The same family with `n` classes per task (classification families).
+    fn with_n_way(&self, _n: usize) -> Option<Box<dyn TaskFamily>> {
+        None
+    }
 }

@@ -96,9 +96,17 @@ impl TaskFamily for IntentTasks {
         Some(self.n_way)
     }
 
+    fn with_n_way(&self, n: usize) -> Option<Box<dyn TaskFamily>> {
+        Some(Box::new(IntentTasks {
+            data: self.data.clone(),
+            n_way: n,
+        }))
+    }
+
     fn manifest(&self, name: &str) -> Manifest {
         let spec = minilm::spec();
         Manifest {
+            inner_loss: Default::default(),
             update_rule: Default::default(),
             inner_grad_clip: None,
             name: name.to_string(),

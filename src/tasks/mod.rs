@@ -1,5 +1,6 @@
 //! Task families: episode samplers that meta-training and evaluation draw from.
 
+pub mod augment;
 pub mod clinc;
 mod episode;
 mod family;

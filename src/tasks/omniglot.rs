@@ -253,8 +253,17 @@ impl TaskFamily for OmniglotTasks {
         Some(self.n_way)
     }
 
+    fn with_n_way(&self, n: usize) -> Option<Box<dyn TaskFamily>> {
+        Some(Box::new(OmniglotTasks {
+            data: self.data.clone(),
+            n_way: n,
+            rotations: self.rotations,
+        }))
+    }
+
     fn manifest(&self, name: &str) -> Manifest {
         Manifest {
+            inner_loss: Default::default(),
             update_rule: Default::default(),
             inner_grad_clip: None,
             name: name.to_string(),

@@ -72,6 +72,7 @@ impl TaskFamily for Sinusoid {
 
     fn manifest(&self, name: &str) -> Manifest {
         Manifest {
+            inner_loss: Default::default(),
             update_rule: Default::default(),
             inner_grad_clip: None,
             name: name.to_string(),

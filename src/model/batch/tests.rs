@@ -98,7 +98,7 @@ fn check(arch: &Architecture, task: TaskKind, sizes: &[(usize, usize)], steps: u
     } else {
         ts.iter().map(|t| class_bucket(t.classes)).max().unwrap()
     };
-    let batch = pad(&all, dim, rows, classes, &dev).unwrap();
+    let batch = pad(&all, dim, rows, classes, InnerLoss::Mean, &dev).unwrap();
     let together = adapt_padded(
         arch,
         task,
@@ -114,7 +114,7 @@ fn check(arch: &Architecture, task: TaskKind, sizes: &[(usize, usize)], steps: u
     let out_together = arch.forward(&together.params, &qx).unwrap();
     for (i, s) in all.iter().enumerate() {
         assert_eq!(row_bucket(arch, s.n), rows, "the sizes of this test share one bucket");
-        let one = pad(std::slice::from_ref(s), dim, rows, classes, &dev).unwrap();
+        let one = pad(std::slice::from_ref(s), dim, rows, classes, InnerLoss::Mean, &dev).unwrap();
         let alone = adapt_padded(arch, task, &theta, &Rule::metasgd(&alpha), &one, steps, &mut || Ok(())).unwrap();
         let mine = select_task(&together.params, i).unwrap();
         for (p, q) in mine.iter().zip(&alone.params) {
@@ -216,7 +216,7 @@ fn buckets_depend_on_the_counts_alone() {
 #[test]
 fn a_task_that_does_not_fit_its_bucket_is_an_error() {
     let ts = tasks(1, &[(9, 1)], true);
-    assert!(pad(&sets(&ts, true), 1, 8, 1, &Device::Cpu).is_err());
+    assert!(pad(&sets(&ts, true), 1, 8, 1, InnerLoss::Mean, &Device::Cpu).is_err());
 }
 
 /// Elements in a tensor's storage (all of it, whatever the layout shows).

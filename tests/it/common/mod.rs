@@ -66,6 +66,7 @@ pub fn models_with_classifier() -> PathBuf {
     std::fs::write(d.join("sinusoid-1step/manifest.json"), manifest).unwrap();
     let arch = Architecture::Mlp { sizes: vec![2, 16, 5] };
     let manifest = Manifest {
+        inner_loss: Default::default(),
         name: "toy-classifier".into(),
         task: TaskKind::Classification,
         input: InputSpec {
