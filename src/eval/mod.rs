@@ -11,7 +11,7 @@ use serde::Serialize;
 
 use candle_core::Tensor;
 
-use crate::model::adapt::{adapt_chunked, Support};
+use crate::model::adapt::{adapt_with, Support};
 use crate::model::rule::Rule;
 use crate::model::{load_model, loss_per_task, Architecture, InnerLoss, LoadedModel, Target, TaskKind};
 use crate::tasks::Episode;
@@ -119,9 +119,7 @@ pub fn episode_losses(
         x: ep.support_x,
         target: ep.support_t,
     };
-    let a = adapt_chunked(arch, task, theta, rule, inner, &support, steps, usize::MAX, &mut || {
-        Ok(())
-    })?;
+    let a = adapt_with(arch, task, theta, rule, inner, &support, steps)?;
     let out = arch.forward(&a.params, &ep.query_x)?;
     let per_task = loss_per_task(task, &out, &ep.query_t)?;
     let acc = match &ep.query_t {

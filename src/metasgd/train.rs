@@ -15,7 +15,7 @@ use rand_chacha::ChaCha8Rng;
 use super::init::{init_alpha, init_rule, init_theta, mean_input};
 use super::run::{run, Job, RunFiles};
 use super::{meta_loss_with, Order};
-use crate::model::adapt::{adapt_chunked, Support};
+use crate::model::adapt::{adapt_with, Support};
 use crate::model::rule::{Rule, UpdateRule};
 use crate::model::{loss_per_task, rule_names, save_model, store, Architecture, Manifest, TaskKind};
 use crate::tasks::{families, TaskFamily};
@@ -179,18 +179,8 @@ impl Job for TrainJob {
                 x: ep.support_x,
                 target: ep.support_t,
             };
-            let (steps, whole) = (cfg.inner_steps, usize::MAX);
-            let a = adapt_chunked(
-                &self.arch,
-                self.task,
-                &theta,
-                &rule,
-                cfg.inner_loss,
-                &support,
-                steps,
-                whole,
-                &mut || Ok(()),
-            )?;
+            let (inner, steps) = (cfg.inner_loss, cfg.inner_steps);
+            let a = adapt_with(&self.arch, self.task, &theta, &rule, inner, &support, steps)?;
             let q = loss_per_task(self.task, &self.arch.forward(&a.params, &ep.query_x)?, &ep.query_t)?;
             let loss = q.mean_all()?.to_dtype(DType::F64)?.to_scalar::<f64>()?;
             // Adam on θ − mean θ′ is Reptile's θ ← θ + ε(θ′ − θ) with Adam's ε.

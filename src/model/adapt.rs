@@ -46,18 +46,22 @@ pub fn adapt(
     support: &Support,
     steps: usize,
 ) -> Result<Adapted> {
-    let whole = usize::MAX;
-    adapt_chunked(
-        arch,
-        task,
-        theta,
-        rule,
-        InnerLoss::Mean,
-        support,
-        steps,
-        whole,
-        &mut || Ok(()),
-    )
+    adapt_with(arch, task, theta, rule, InnerLoss::Mean, support, steps)
+}
+
+/// [`adapt`] on the `inner` support loss, the support set in one chunk.
+pub fn adapt_with(
+    arch: &Architecture,
+    task: TaskKind,
+    theta: &[Tensor],
+    rule: &Rule,
+    inner: InnerLoss,
+    support: &Support,
+    steps: usize,
+) -> Result<Adapted> {
+    adapt_chunked(arch, task, theta, rule, inner, support, steps, usize::MAX, &mut || {
+        Ok(())
+    })
 }
 
 /// [`adapt`] on the `inner` support loss, with the support rows cut into

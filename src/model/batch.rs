@@ -86,10 +86,11 @@ pub fn pad(
             candle_core::bail!("task {i}: {} rows do not fit a bucket of {rows}", task.n);
         }
         x[i * rows * dim..][..task.n * dim].copy_from_slice(task.x);
-        let scale = match (inner, &task.labels) {
-            (InnerLoss::PerClass, Labels::Classes { classes: c, .. }) => *c as f32,
-            _ => 1.0,
+        let classes = match &task.labels {
+            Labels::Classes { classes: c, .. } => Some(*c),
+            Labels::Values { .. } => None,
         };
+        let scale = inner.class_scale(classes) as f32;
         w[i * rows..][..task.n].fill(scale / task.n as f32);
     }
     let target = match tasks.first().map(|s| &s.labels) {

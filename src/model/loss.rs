@@ -37,18 +37,28 @@ impl InnerLoss {
     /// The factor on a task's row-mean support loss: its class count for
     /// `per_class` classification, else 1.
     pub fn scale(self, task: TaskKind, target: &Target) -> Result<f64> {
-        Ok(match (self, task, target) {
-            (InnerLoss::PerClass, TaskKind::Classification, Target::OneHot(t)) => t.dim(D::Minus1)? as f64,
+        Ok(match (task, target) {
+            (TaskKind::Classification, Target::OneHot(t)) => self.class_scale(Some(t.dim(D::Minus1)?)),
             _ => 1.0,
         })
+    }
+
+    /// [`InnerLoss::scale`] from a task's class count (`None` for regression).
+    pub fn class_scale(self, classes: Option<usize>) -> f64 {
+        match (self, classes) {
+            (InnerLoss::PerClass, Some(c)) => c as f64,
+            _ => 1.0,
+        }
     }
 
     /// The support loss adaptation minimises, per task `[T]`.
     pub fn support_loss(self, task: TaskKind, pred: &Tensor, target: &Target) -> Result<Tensor> {
         let l = loss_per_task(task, pred, target)?;
-        match self.scale(task, target)? {
-            s if s == 1.0 => Ok(l),
-            s => l.affine(s, 0.0),
+        let s = self.scale(task, target)?;
+        if s == 1.0 {
+            Ok(l)
+        } else {
+            l.affine(s, 0.0)
         }
     }
 }
