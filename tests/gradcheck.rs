@@ -283,20 +283,11 @@ mod rules {
         }
     }
 
-    fn loss(p: &Problem, theta: &[Tensor], rule: &Rule, steps: usize) -> f64 {
-        meta_loss_with(
-            &p.arch,
-            p.task,
-            theta,
-            rule,
-            InnerLoss::Mean,
-            &p.ep,
-            steps,
-            Order::Second,
-        )
-        .unwrap()
-        .to_scalar::<f64>()
-        .unwrap()
+    fn loss(p: &Problem, theta: &[Tensor], rule: &Rule, inner: InnerLoss, steps: usize) -> f64 {
+        meta_loss_with(&p.arch, p.task, theta, rule, inner, &p.ep, steps, Order::Second)
+            .unwrap()
+            .to_scalar::<f64>()
+            .unwrap()
     }
 
     fn flat(t: &Tensor) -> Vec<f64> {
@@ -333,6 +324,10 @@ mod rules {
     }
 
     fn check_rule(kind: &str, task: TaskKind, steps: usize) {
+        check_rule_with(kind, task, steps, InnerLoss::Mean);
+    }
+
+    fn check_rule_with(kind: &str, task: TaskKind, steps: usize, inner: InnerLoss) {
         enable_second_order();
         let p = problem(task, 21 + steps as u64);
         let mut rng = ChaCha8Rng::seed_from_u64(5 + steps as u64);
@@ -346,7 +341,7 @@ mod rules {
             p.task,
             &tt,
             &rule.with_tensors(&rt).unwrap(),
-            InnerLoss::Mean,
+            inner,
             &p.ep,
             steps,
             Order::Second,
@@ -360,18 +355,18 @@ mod rules {
                 .map(|t| g.get(t).map_or_else(|| vec![0.0; t.elem_count()], flat))
                 .collect()
         };
-        let what = format!("{kind} {task:?} {steps} step(s)");
+        let what = format!("{kind} {task:?} {steps} step(s), {inner:?} inner loss");
         compare(
             &format!("{what}, θ"),
             &p.theta,
-            &|th| loss(&p, th, &rule, steps),
+            &|th| loss(&p, th, &rule, inner, steps),
             &get(&tt),
         );
         let rule_ts = rule.tensors();
         compare(
             &format!("{what}, the rule's tensors"),
             &rule_ts,
-            &|rs| loss(&p, &p.theta, &rule.with_tensors(rs).unwrap(), steps),
+            &|rs| loss(&p, &p.theta, &rule.with_tensors(rs).unwrap(), inner, steps),
             &get(&rt),
         );
     }
@@ -412,6 +407,16 @@ mod rules {
         for steps in [1, 3] {
             check_rule("clipped per_step", TaskKind::Regression, steps);
             check_rule("clipped momentum", TaskKind::Classification, steps);
+        }
+    }
+
+    /// The per-class inner loss (the row mean times the class count) through
+    /// Meta-SGD and per-step rates: its scale enters every step's update.
+    #[test]
+    fn per_class_inner_loss_metagradients_match_finite_differences() {
+        for steps in [1, 3] {
+            check_rule_with("metasgd", TaskKind::Classification, steps, InnerLoss::PerClass);
+            check_rule_with("per_step", TaskKind::Classification, steps, InnerLoss::PerClass);
         }
     }
 }

@@ -215,25 +215,20 @@ pub fn evaluate_centroid(
         .collect()
 }
 
-/// The row "`label` − nearest-centroid": the mean and 95% CI of the
-/// per-episode accuracy difference on the same episodes (paired, so much
-/// tighter than the two rows' own intervals). `spec` is the model's, at
-/// one shot count.
+/// The row "`label` − `against`" (nearest-centroid, or a baseline): the
+/// mean and 95% CI of the per-episode accuracy difference on the same
+/// episodes (paired, so much tighter than the two rows' own intervals).
+/// `spec` is the model's, at one shot count.
 pub fn paired_row(
     label: &str,
+    against: &str,
     fam: &dyn TaskFamily,
     spec: EvalSpec,
     model_accs: &[f64],
-    centroid_accs: &[f64],
+    other_accs: &[f64],
 ) -> EvalResult {
-    let diff: Vec<f64> = model_accs.iter().zip(centroid_accs).map(|(a, b)| a - b).collect();
-    result_row(
-        format!("{label} − nearest-centroid (paired)"),
-        fam,
-        spec,
-        &[],
-        Some(&diff),
-    )
+    let diff: Vec<f64> = model_accs.iter().zip(other_accs).map(|(a, b)| a - b).collect();
+    result_row(format!("{label} − {against} (paired)"), fam, spec, &[], Some(&diff))
 }
 
 /// The model in `dir` and the baselines in `dir/baselines/*`, with labels.

@@ -47,6 +47,11 @@ pub struct EvalArgs {
     /// Classification: also evaluate nearest-centroid on the model's input vectors.
     #[arg(long)]
     pub centroid: bool,
+    /// Held-out tasks of this family instead of the manifest's
+    /// (`omniglot-within-alphabet`: Lake et al.'s runs, one alphabet per
+    /// task, support and queries by different drawers).
+    #[arg(long)]
+    pub held_out: Option<String>,
     /// A Meta-SGD weights file (`theta.*`, `alpha.*`) of the first model's
     /// architecture, evaluated beside it as `reference` (for example
     /// `../shared/reference/sinusoid_torch_metasgd.safetensors`).
@@ -95,7 +100,10 @@ pub fn run(args: EvalArgs) -> anyhow::Result<()> {
     let device = Device::Cpu;
     let models = models(&args, &device)?;
     let first = &models[0].1.manifest;
-    let fam_name = first.family.clone().context("the manifest names no task family")?;
+    let fam_name = match &args.held_out {
+        Some(f) => f.clone(),
+        None => first.family.clone().context("the manifest names no task family")?,
+    };
     let classification = first.task == TaskKind::Classification;
     let ways = if classification { args.ways.clone() } else { vec![0] };
     let base = EvalSpec {
@@ -113,13 +121,16 @@ pub fn run(args: EvalArgs) -> anyhow::Result<()> {
             Vec::new()
         };
         all.extend(centroid_rows.iter().map(|(r, _)| r.clone()));
+        // The first model's per-episode accuracies, per step count and shot
+        // count, to pair each baseline with.
+        let mut first_accs: Vec<Vec<(String, Vec<f64>)>> = Vec::new();
         for (i, (label, m)) in models.iter().enumerate() {
             let steps = if args.steps.is_empty() {
                 vec![m.manifest.default_steps]
             } else {
                 args.steps.clone()
             };
-            for &st in &steps {
+            for (j, &st) in steps.iter().enumerate() {
                 let spec = EvalSpec { steps: st, ..base };
                 let name = if steps.len() > 1 || !args.steps.is_empty() {
                     format!("{label} · {st} step{}", if st == 1 { "" } else { "s" })
@@ -132,7 +143,21 @@ pub fn run(args: EvalArgs) -> anyhow::Result<()> {
                     for ((r, accs), (_, c)) in rows.iter().zip(&centroid_rows) {
                         let at = EvalSpec { shots: r.shots, ..spec };
                         let accs = accs.as_deref().context("a classification model has accuracies")?;
-                        all.push(super::paired_row(&name, fam.as_ref(), at, accs, c));
+                        all.push(super::paired_row(&name, "nearest-centroid", fam.as_ref(), at, accs, c));
+                    }
+                    if classification {
+                        first_accs.push(
+                            rows.iter()
+                                .filter_map(|(_, a)| Some((name.clone(), a.clone()?)))
+                                .collect(),
+                        );
+                    }
+                } else if let Some(firsts) = first_accs.get(j) {
+                    // The first model against this baseline, same episodes and step slot.
+                    for ((r, accs), (first_name, f)) in rows.iter().zip(firsts) {
+                        let Some(accs) = accs else { continue };
+                        let at = EvalSpec { shots: r.shots, ..spec };
+                        all.push(super::paired_row(first_name, &name, fam.as_ref(), at, f, accs));
                     }
                 }
                 all.extend(rows.into_iter().map(|(r, _)| r));

@@ -35,11 +35,24 @@ impl IntentData {
     }
 }
 
-/// Which intents: those of the held-out domains, or of all the others.
+/// Which intents: those of the held-out domains, of all the others, or of
+/// all ten (the `intents-hwu64` protocol, which holds out HWU64 scenarios).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Domains {
     Training,
     HeldOut,
+    All,
+}
+
+impl Domains {
+    fn includes(self, domain: &str) -> bool {
+        let held_out = HELD_OUT_DOMAINS.contains(&domain);
+        match self {
+            Domains::Training => !held_out,
+            Domains::HeldOut => held_out,
+            Domains::All => true,
+        }
+    }
 }
 
 /// One set of utterances: the intents of some domains, in some splits of
@@ -69,7 +82,7 @@ pub fn utterances(dir: &Path, sets: &[Set]) -> anyhow::Result<Vec<Vec<(String, S
         .map(|&(domains, splits)| {
             let keep: Vec<&String> = doms
                 .iter()
-                .filter(|(d, _)| HELD_OUT_DOMAINS.contains(&d.as_str()) == (domains == Domains::HeldOut))
+                .filter(|(d, _)| domains.includes(d))
                 .flat_map(|(_, intents)| intents)
                 .collect();
             let mut out = Vec::new();

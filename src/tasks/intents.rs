@@ -1,4 +1,5 @@
-//! Few-shot intent classification episodes over embedded CLINC150 utterances.
+//! Few-shot intent classification episodes over embedded utterances
+//! (CLINC150, and HWU64 in the `intents-hwu64` protocol).
 
 use std::path::Path;
 use std::sync::Arc;
@@ -25,24 +26,32 @@ pub const MAX_WAY: usize = 100;
 pub struct IntentTasks {
     pub data: Arc<IntentData>,
     pub n_way: usize,
+    /// The protocol's name (`intents` or `intents-hwu64`), as in `--task`
+    /// and the manifest's `family`, so `eval` finds its held-out set.
+    pub family: &'static str,
 }
 
-/// The embedded utterances of each set, with the shipped encoder (loaded once).
+/// The embedded utterances of each CLINC150 set, with the shipped encoder.
 pub fn load(data: &Path, sets: &[clinc::Set]) -> anyhow::Result<Vec<Arc<IntentData>>> {
+    embed_sets(clinc::utterances(data, sets)?)
+}
+
+/// Each set of `(text, intent)` utterances embedded with the shipped
+/// encoder (loaded once; embeddings cached).
+pub fn embed_sets(sets: Vec<Vec<(String, String)>>) -> anyhow::Result<Vec<Arc<IntentData>>> {
     let opts = EncoderOptions {
         threads: std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1),
         ..Default::default()
     };
     let encoder = Encoder::load(&minilm::spec(), Path::new("."), &opts)?;
-    clinc::utterances(data, sets)?
-        .into_iter()
+    sets.into_iter()
         .map(|utt| Ok(Arc::new(clinc::embed(utt, &encoder, &opts.cache)?)))
         .collect()
 }
 
 impl TaskFamily for IntentTasks {
     fn name(&self) -> &'static str {
-        "intents"
+        self.family
     }
 
     fn sample(
@@ -100,6 +109,7 @@ impl TaskFamily for IntentTasks {
         Some(Box::new(IntentTasks {
             data: self.data.clone(),
             n_way: n,
+            family: self.family,
         }))
     }
 
@@ -126,7 +136,7 @@ impl TaskFamily for IntentTasks {
             default_steps: 1,
             max_steps: 20,
             weights: "model.safetensors".into(),
-            family: Some("intents".into()),
+            family: Some(self.family.into()),
             encoder: Some(spec),
             limits: Default::default(),
             description: "Few-shot text intent classification: a Meta-SGD head on all-MiniLM-L6-v2 sentence embeddings; any number of intents up to n_way (one shared, meta-learned head row per intent).".into(),

@@ -4,9 +4,11 @@ pub mod augment;
 pub mod clinc;
 mod episode;
 mod family;
+pub mod hwu64;
 pub mod intents;
 pub mod omniglot;
 pub mod sinusoid;
+pub mod within_alphabet;
 
 use std::path::Path;
 use std::sync::Arc;
@@ -25,7 +27,9 @@ pub fn family(name: &str) -> Option<Box<dyn TaskFamily>> {
 /// The meta-training family and the held-out (evaluation) family for `name`.
 ///
 /// `data` is the dataset folder, for families that read one (Omniglot: the
-/// folder with the release's zips); `n_way` is the classes per task.
+/// folder with the release's zips; `intents`: CLINC150's folder;
+/// `intents-hwu64`: the folder holding `clinc150/` and `hwu64/`); `n_way`
+/// is the classes per task.
 pub fn families(
     name: &str,
     data: Option<&Path>,
@@ -47,9 +51,16 @@ pub fn families(
                     (clinc::Domains::HeldOut, &["val"]),
                 ],
             )?;
-            let [train, val] = <[_; 2]>::try_from(sets).map_err(|_| anyhow::anyhow!("two sets were asked for"))?;
-            let val = Box::new(intents::IntentTasks { data: val, n_way });
-            return Ok((Box::new(intents::IntentTasks { data: train, n_way }), val));
+            return intent_pair(sets, n_way, "intents");
+        }
+        "intents-hwu64" => {
+            // Training: all of CLINC150 and HWU64's training scenarios; validation: its validation scenarios.
+            let (clinc_dir, hwu_dir) = hwu64_dirs(data)?;
+            let mut train =
+                clinc::utterances(&clinc_dir, &[(clinc::Domains::All, &["train", "val", "test"])])?.remove(0);
+            train.extend(hwu64::utterances(&hwu_dir, &hwu64::TRAINING)?);
+            let val = hwu64::utterances(&hwu_dir, &hwu64::VALIDATION)?;
+            return intent_pair(intents::embed_sets(vec![train, val])?, n_way, "intents-hwu64");
         }
         _ => anyhow::bail!("unknown task family {name:?} (known: {KNOWN})"),
     };
@@ -78,14 +89,29 @@ pub fn held_out(name: &str, data: Option<&Path>, ways: &[usize]) -> anyhow::Resu
                 })
                 .collect())
         }
-        "intents" => {
-            let test = intents::load(intents_data(data)?, &[(clinc::Domains::HeldOut, &["test"])])?.remove(0);
+        "omniglot-within-alphabet" => {
+            let ev = omniglot_split(data, omniglot::Split::Evaluation)?;
+            ways.iter()
+                .map(|&n_way| {
+                    Ok(Box::new(within_alphabet::WithinAlphabet::new(ev.clone(), n_way)?) as Box<dyn TaskFamily>)
+                })
+                .collect()
+        }
+        "intents" | "intents-hwu64" => {
+            let test = if name == "intents" {
+                intents::load(intents_data(data)?, &[(clinc::Domains::HeldOut, &["test"])])?.remove(0)
+            } else {
+                let (_, hwu_dir) = hwu64_dirs(data)?;
+                intents::embed_sets(vec![hwu64::utterances(&hwu_dir, &hwu64::TEST)?])?.remove(0)
+            };
+            let family = if name == "intents" { "intents" } else { "intents-hwu64" };
             Ok(ways
                 .iter()
                 .map(|&n_way| {
                     Box::new(intents::IntentTasks {
                         data: test.clone(),
                         n_way,
+                        family,
                     }) as Box<dyn TaskFamily>
                 })
                 .collect())
@@ -94,7 +120,25 @@ pub fn held_out(name: &str, data: Option<&Path>, ways: &[usize]) -> anyhow::Resu
     }
 }
 
-const KNOWN: &str = "sinusoid, omniglot, intents";
+const KNOWN: &str = "sinusoid, omniglot, intents, intents-hwu64; held out only: omniglot-within-alphabet";
+
+/// A training and a validation family over two embedded sets.
+fn intent_pair(
+    sets: Vec<Arc<clinc::IntentData>>,
+    n_way: usize,
+    family: &'static str,
+) -> anyhow::Result<(Box<dyn TaskFamily>, Box<dyn TaskFamily>)> {
+    let [train, val] = <[_; 2]>::try_from(sets).map_err(|_| anyhow::anyhow!("two sets were asked for"))?;
+    let fam = |data| Box::new(intents::IntentTasks { data, n_way, family }) as Box<dyn TaskFamily>;
+    Ok((fam(train), fam(val)))
+}
+
+/// The `clinc150/` and `hwu64/` folders under the `intents-hwu64` data folder.
+fn hwu64_dirs(data: Option<&Path>) -> anyhow::Result<(std::path::PathBuf, std::path::PathBuf)> {
+    let data = data
+        .ok_or_else(|| anyhow::anyhow!("the intents-hwu64 family needs --data <folder with clinc150/ and hwu64/>"))?;
+    Ok((data.join("clinc150"), data.join("hwu64")))
+}
 
 fn intents_data(data: Option<&Path>) -> anyhow::Result<&Path> {
     data.ok_or_else(|| anyhow::anyhow!("the intents family needs --data <folder with CLINC150's data_full.json>"))

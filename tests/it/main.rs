@@ -13,6 +13,7 @@ mod connections;
 mod encoder;
 mod errors;
 mod fetch;
+mod hwu64;
 mod images_api;
 mod layout;
 mod omniglot;

@@ -121,3 +121,54 @@ fn episodes_have_disjoint_support_and_query_permuted_labels_and_per_class_rotati
     );
     assert_eq!(turns_seen.len(), 4, "all four rotations occur");
 }
+
+/// Lake et al.'s conditions: one alphabet per task, the support drawn by K
+/// drawers and every query by other drawers, the same drawers for every
+/// character; each query drawer gives one drawing of each character.
+#[test]
+fn within_alphabet_tasks_keep_one_alphabet_and_separate_drawers() {
+    use metasgd::tasks::within_alphabet::WithinAlphabet;
+    let Some(ev) = data(Split::Evaluation) else { return };
+    let fam = WithinAlphabet::new(ev.clone(), 20).unwrap();
+    let drawer = |i: usize| ev.files[i].rsplit_once('_').unwrap().1.to_string();
+    let owner = |i: usize| {
+        ev.characters
+            .iter()
+            .position(|c| (c.first..c.first + c.count).contains(&i))
+            .unwrap()
+    };
+    let mut rng = ChaCha8Rng::seed_from_u64(3);
+    let mut alphabets = std::collections::HashSet::new();
+    for _ in 0..50 {
+        let (k, q) = (2, 3);
+        let task = fam.draw(&mut rng, k, q).unwrap();
+        assert_eq!(task.len(), 20);
+        let chars: Vec<usize> = task.iter().map(|p| owner(p[0])).collect();
+        let alphabet = &ev.characters[chars[0]].alphabet;
+        alphabets.insert(alphabet.clone());
+        let mut distinct = chars.clone();
+        distinct.sort();
+        distinct.dedup();
+        assert_eq!(distinct.len(), 20, "20 distinct characters");
+        let drawers: Vec<String> = task[0].iter().map(|&i| drawer(i)).collect();
+        let mut d = drawers.clone();
+        d.sort();
+        d.dedup();
+        assert_eq!(d.len(), k + q, "support and query drawers are distinct: {drawers:?}");
+        for (picks, &c) in task.iter().zip(&chars) {
+            assert_eq!(picks.len(), k + q);
+            assert_eq!(&ev.characters[c].alphabet, alphabet, "one alphabet per task");
+            for (j, &i) in picks.iter().enumerate() {
+                assert_eq!(owner(i), c, "a class's drawings are of its character");
+                assert_eq!(drawer(i), drawers[j], "the same drawers for every character");
+            }
+        }
+    }
+    assert!(alphabets.len() > 5, "tasks come from many alphabets: {alphabets:?}");
+    // The episode tensors have the task's shape.
+    let ep = fam.sample(&mut rng, 2, 1, 1, &Device::Cpu).unwrap();
+    assert_eq!(ep.support_x.dims(), [2, 20, PIXELS]);
+    assert_eq!(ep.query_x.dims(), [2, 20, PIXELS]);
+    // An alphabet needs n_way characters: no evaluation alphabet has 48.
+    assert!(WithinAlphabet::new(ev, 48).is_err());
+}
