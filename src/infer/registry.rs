@@ -29,6 +29,9 @@ pub struct ModelInfo {
     pub trained_steps: Option<usize>,
     /// The per-task gradient-norm bound of each step, if the model has one.
     pub inner_grad_clip: Option<f64>,
+    /// How the support loss is normalized: `mean` over rows, or
+    /// `per_class` (the mean times the class count).
+    pub inner_loss: crate::model::InnerLoss,
     pub default_steps: usize,
     pub max_steps: usize,
     pub num_params: usize,
@@ -143,6 +146,7 @@ pub fn load_models(
             update_rule: m.update_rule,
             trained_steps: model.rule.trained_steps(),
             inner_grad_clip: m.inner_grad_clip,
+            inner_loss: m.inner_loss,
             default_steps: m.default_steps,
             max_steps: m.max_steps,
             num_params: m.architecture.num_params(),

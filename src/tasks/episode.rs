@@ -34,4 +34,32 @@ impl Episode {
             query_t: Target::OneHot(Tensor::from_vec(query.1, (tasks, nq, n_way), device)?),
         })
     }
+
+    /// An `n`-way classification episode from each task's picks: per label,
+    /// the indices of its K support examples then its queries; `row(i)` is
+    /// example `i`'s input of `dim` values. Rows group by label.
+    pub fn from_picks<'a>(
+        tasks: &[Vec<Vec<usize>>],
+        n: usize,
+        k_support: usize,
+        dim: usize,
+        row: impl Fn(usize) -> &'a [f32],
+        device: &candle_core::Device,
+    ) -> candle_core::Result<Episode> {
+        let (mut sx, mut sy, mut qx, mut qy) = (Vec::new(), Vec::new(), Vec::new(), Vec::new());
+        for task in tasks {
+            for (label, picks) in task.iter().enumerate() {
+                for (j, &i) in picks.iter().enumerate() {
+                    let (x, y) = if j < k_support {
+                        (&mut sx, &mut sy)
+                    } else {
+                        (&mut qx, &mut qy)
+                    };
+                    x.extend_from_slice(row(i));
+                    y.extend((0..n).map(|c| if c == label { 1f32 } else { 0.0 }));
+                }
+            }
+        }
+        Self::classification(tasks.len(), n, dim, (sx, sy), (qx, qy), device)
+    }
 }

@@ -63,7 +63,7 @@ impl TaskFamily for IntentTasks {
         device: &Device,
     ) -> Result<Episode> {
         let (n, d) = (self.n_way, self.data.dim);
-        let (mut sx, mut sy, mut qx, mut qy) = (Vec::new(), Vec::new(), Vec::new(), Vec::new());
+        let mut all = Vec::with_capacity(tasks);
         for _ in 0..tasks {
             let intents = sample(rng, self.data.intents.len(), n).into_vec();
             let mut picks = Vec::with_capacity(n);
@@ -82,19 +82,9 @@ impl TaskFamily for IntentTasks {
                     .collect();
                 picks.push(p);
             }
-            for (label, p) in picks.iter().enumerate() {
-                for (j, &row) in p.iter().enumerate() {
-                    let (x, y) = if j < k_support {
-                        (&mut sx, &mut sy)
-                    } else {
-                        (&mut qx, &mut qy)
-                    };
-                    x.extend_from_slice(self.data.embedding(row));
-                    y.extend((0..n).map(|c| if c == label { 1f32 } else { 0.0 }));
-                }
-            }
+            all.push(picks);
         }
-        Episode::classification(tasks, n, d, (sx, sy), (qx, qy), device)
+        Episode::from_picks(&all, n, k_support, d, |i| self.data.embedding(i), device)
     }
 
     fn eval_chunk(&self) -> usize {

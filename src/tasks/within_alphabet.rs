@@ -96,24 +96,10 @@ impl TaskFamily for WithinAlphabet {
         k_query: usize,
         device: &Device,
     ) -> Result<Episode> {
-        let n = self.n_way;
-        let (mut sx, mut sy, mut qx, mut qy) = (Vec::new(), Vec::new(), Vec::new(), Vec::new());
-        for _ in 0..tasks {
-            let task = self.draw(rng, k_support, k_query)?;
-            // Support: class by class; queries likewise, so rows group by class.
-            for (label, picks) in task.iter().enumerate() {
-                for (j, &i) in picks.iter().enumerate() {
-                    let (x, y) = if j < k_support {
-                        (&mut sx, &mut sy)
-                    } else {
-                        (&mut qx, &mut qy)
-                    };
-                    x.extend_from_slice(self.data.image(i));
-                    y.extend((0..n).map(|c| if c == label { 1f32 } else { 0.0 }));
-                }
-            }
-        }
-        Episode::classification(tasks, n, PIXELS, (sx, sy), (qx, qy), device)
+        let picks = (0..tasks)
+            .map(|_| self.draw(rng, k_support, k_query))
+            .collect::<Result<Vec<_>>>()?;
+        Episode::from_picks(&picks, self.n_way, k_support, PIXELS, |i| self.data.image(i), device)
     }
 
     fn manifest(&self, name: &str) -> Manifest {
