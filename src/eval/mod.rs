@@ -154,16 +154,33 @@ pub fn evaluate(
         .collect()
 }
 
-/// Per-task query accuracy of the nearest-centroid classifier on the raw
-/// inputs: each class's prototype is the mean of its support inputs, and a
-/// query takes the class of the nearest prototype (Euclidean). Draws the
-/// same tasks as [`task_losses`] at the same `spec`.
-pub fn centroid_accuracies(fam: &dyn TaskFamily, spec: EvalSpec, device: &Device) -> anyhow::Result<Vec<f64>> {
+/// Per-task query accuracy of the nearest-centroid classifier on
+/// `model`'s [`Architecture::centroid_features`] (its body's features
+/// under its θ, or the raw inputs; `None`: the raw inputs): each class's
+/// prototype is the mean of its support vectors, and a query takes the class
+/// of the nearest prototype (Euclidean). Draws the same tasks as
+/// [`task_losses`] at the same `spec`.
+pub fn centroid_accuracies(
+    fam: &dyn TaskFamily,
+    model: Option<&LoadedModel>,
+    spec: EvalSpec,
+    device: &Device,
+) -> anyhow::Result<Vec<f64>> {
     over_episodes(fam, spec, device, |ep| {
         let (Target::OneHot(s1), Target::OneHot(q1)) = (&ep.support_t, &ep.query_t) else {
             anyhow::bail!("nearest-centroid needs a classification family");
         };
-        let (sx, qx) = (ep.support_x.flatten_from(2)?, ep.query_x.flatten_from(2)?);
+        let (sx, qx) = match model {
+            Some(m) => {
+                let arch = m.architecture();
+                (
+                    arch.centroid_features(&m.theta, &ep.support_x)?,
+                    arch.centroid_features(&m.theta, &ep.query_x)?,
+                )
+            }
+            None => (ep.support_x.clone(), ep.query_x.clone()),
+        };
+        let (sx, qx) = (sx.flatten_from(2)?, qx.flatten_from(2)?);
         let pred = crate::model::loss::nearest_prototype(s1, &sx, &qx)?;
         let truth = q1.argmax(D::Minus1)?;
         Ok(pred.eq(&truth)?.to_dtype(DType::F64)?.mean(1)?.to_vec1::<f64>()?)
@@ -197,6 +214,7 @@ fn result_row(label: String, fam: &dyn TaskFamily, spec: EvalSpec, losses: &[f64
 /// with its per-task accuracies.
 pub fn evaluate_centroid(
     fam: &dyn TaskFamily,
+    model: Option<&LoadedModel>,
     shots: &[usize],
     spec: EvalSpec,
     device: &Device,
@@ -209,7 +227,7 @@ pub fn evaluate_centroid(
                 steps: 0,
                 ..spec
             };
-            let acc = centroid_accuracies(fam, spec, device)?;
+            let acc = centroid_accuracies(fam, model, spec, device)?;
             Ok((result_row("nearest-centroid".into(), fam, spec, &[], Some(&acc)), acc))
         })
         .collect()

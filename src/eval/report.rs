@@ -44,7 +44,9 @@ pub struct EvalArgs {
     /// Also evaluate each model without adaptation (0 steps).
     #[arg(long, default_value_t = true, action = clap::ArgAction::Set)]
     pub zero_steps: bool,
-    /// Classification: also evaluate nearest-centroid on the model's input vectors.
+    /// Classification: also evaluate nearest-centroid, on the first model's
+    /// body features (conv4) or on its input vectors (the intents head's
+    /// input: the encoder's embeddings), paired with every model.
     #[arg(long)]
     pub centroid: bool,
     /// Held-out tasks of this family instead of the manifest's
@@ -116,7 +118,8 @@ pub fn run(args: EvalArgs) -> anyhow::Result<()> {
     let mut all: Vec<EvalResult> = Vec::new();
     for fam in held_out(&fam_name, args.data.as_deref(), &ways)? {
         let centroid_rows = if args.centroid && classification {
-            super::evaluate_centroid(fam.as_ref(), &args.shots, base, &device)?
+            // On the first model's features (the conv4's body), else its inputs.
+            super::evaluate_centroid(fam.as_ref(), Some(&models[0].1), &args.shots, base, &device)?
         } else {
             Vec::new()
         };

@@ -233,6 +233,19 @@ impl Architecture {
         Ok(())
     }
 
+    /// The vectors a nearest-centroid baseline compares: the conv4's
+    /// normalized body features (what its head sees, under θ), else the
+    /// inputs themselves (the intents head's input is the encoder's
+    /// embedding). `x` is `[T, N, in]`.
+    pub fn centroid_features(&self, params: &[Tensor], x: &Tensor) -> Result<Tensor> {
+        match self {
+            Architecture::Conv4 { channels, side, .. } => {
+                conv::l2_normalize(&conv::body(&params[..8], x, *channels, *side)?)
+            }
+            _ => Ok(x.clone()),
+        }
+    }
+
     /// Forward pass. `x` is `[T, N, in]`; each parameter is either shared
     /// (its spec's shape) or per task (a leading `T`). Returns `[T, N, out]`.
     pub fn forward(&self, params: &[Tensor], x: &Tensor) -> Result<Tensor> {

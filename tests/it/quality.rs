@@ -88,7 +88,7 @@ fn shipped_intents_model_classifies_intents_of_held_out_domains() {
     };
     let (_, acc) = task_losses(&model, fam.as_ref(), spec, &Device::Cpu).unwrap();
     let acc = acc.unwrap();
-    let centroid = centroid_accuracies(fam.as_ref(), spec, &Device::Cpu).unwrap();
+    let centroid = centroid_accuracies(fam.as_ref(), None, spec, &Device::Cpu).unwrap();
     let (a, ci) = mean_ci95(&acc);
     let (c, _) = mean_ci95(&centroid);
     eprintln!(
