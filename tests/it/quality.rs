@@ -69,18 +69,25 @@ fn shipped_omniglot_model_classifies_unseen_alphabets() {
     );
 }
 
+/// The shipped intents model on 300 fresh 10-way 1-shot episodes of the
+/// held-out HWU64 scenarios (email, iot, lists, qa, transport: in no
+/// training data), against nearest-centroid on the same embeddings and
+/// episodes.
 #[test]
-fn shipped_intents_model_classifies_intents_of_held_out_domains() {
+fn shipped_intents_model_classifies_intents_of_held_out_scenarios() {
     use metasgd::eval::centroid_accuracies;
     use metasgd::tasks::held_out;
-    let Some(dir) = common::shared_dir("data/clinc150") else {
+    let Some(dir) = common::shared_dir("data") else {
         return;
     };
+    if common::shared_dir("data/hwu64").is_none() || common::shared_dir("data/clinc150").is_none() {
+        return;
+    }
     let model = load_model(&common::shipped_models().join("intents"), &Device::Cpu).unwrap();
-    // The held-out domains' test utterances, embedded by the shipped encoder.
-    let fam = held_out("intents", Some(&dir), &[10]).unwrap().remove(0);
+    assert_eq!(model.manifest.family.as_deref(), Some("intents-hwu64"));
+    let fam = held_out("intents-hwu64", Some(&dir), &[10]).unwrap().remove(0);
     let spec = EvalSpec {
-        shots: 5,
+        shots: 1,
         steps: model.manifest.default_steps,
         tasks: 300,
         queries: 5,
@@ -92,18 +99,18 @@ fn shipped_intents_model_classifies_intents_of_held_out_domains() {
     let (a, ci) = mean_ci95(&acc);
     let (c, _) = mean_ci95(&centroid);
     eprintln!(
-        "intents 10-way 5-shot, 300 episodes: Meta-SGD {:.2}% ± {:.2}, nearest-centroid {:.2}%",
+        "intents 10-way 1-shot, held-out HWU64 scenarios, 300 episodes: Meta-SGD {:.2}% ± {:.2}, nearest-centroid {:.2}%",
         100.0 * a,
         100.0 * ci,
         100.0 * c
     );
     assert!(
-        a > 0.96,
-        "10-way 5-shot accuracy {a} on held-out domains is below the shipped model's level"
+        a > 0.72,
+        "10-way 1-shot accuracy {a} on held-out scenarios is below the shipped model's level"
     );
     // Same episodes for both, so the paired difference is what to check.
     assert!(
-        a >= c - 0.003,
-        "Meta-SGD {a} falls behind nearest-centroid {c} on the same episodes"
+        a > c,
+        "Meta-SGD {a} is not ahead of nearest-centroid {c} on the same episodes"
     );
 }

@@ -42,6 +42,8 @@ async fn every_shipped_sinusoid_rule_is_listed_with_its_update_rule() {
         assert_eq!((st, &info), (200, listed), "{name}");
         let trained = if rule == "per_step" { json!(5) } else { Value::Null };
         assert_eq!(info["trained_steps"], trained, "{name}");
+        // Regression has one loss normalization.
+        assert_eq!(info["inner_loss"], "mean", "{name}");
     }
 }
 
