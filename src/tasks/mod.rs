@@ -97,30 +97,33 @@ pub fn held_out(name: &str, data: Option<&Path>, ways: &[usize]) -> anyhow::Resu
                 })
                 .collect()
         }
-        "intents" | "intents-hwu64" => {
-            let test = if name == "intents" {
-                intents::load(intents_data(data)?, &[(clinc::Domains::HeldOut, &["test"])])?.remove(0)
-            } else {
-                let (_, hwu_dir) = hwu64_dirs(data)?;
-                intents::embed_sets(vec![hwu64::utterances(&hwu_dir, &hwu64::TEST)?])?.remove(0)
-            };
-            let family = if name == "intents" { "intents" } else { "intents-hwu64" };
-            Ok(ways
-                .iter()
-                .map(|&n_way| {
-                    Box::new(intents::IntentTasks {
-                        data: test.clone(),
-                        n_way,
-                        family,
-                    }) as Box<dyn TaskFamily>
-                })
-                .collect())
+        "intents" => {
+            let test = intents::load(intents_data(data)?, &[(clinc::Domains::HeldOut, &["test"])])?.remove(0);
+            Ok(intent_families(test, ways, "intents"))
+        }
+        "intents-hwu64" => {
+            let (_, hwu_dir) = hwu64_dirs(data)?;
+            let test = intents::embed_sets(vec![hwu64::utterances(&hwu_dir, &hwu64::TEST)?])?.remove(0);
+            Ok(intent_families(test, ways, "intents-hwu64"))
         }
         _ => anyhow::bail!("unknown task family {name:?} (known: {KNOWN})"),
     }
 }
 
 const KNOWN: &str = "sinusoid, omniglot, intents, intents-hwu64; held out only: omniglot-within-alphabet";
+
+/// One intents family over `data` for each class count in `ways`.
+fn intent_families(data: Arc<clinc::IntentData>, ways: &[usize], family: &'static str) -> Vec<Box<dyn TaskFamily>> {
+    ways.iter()
+        .map(|&n_way| {
+            Box::new(intents::IntentTasks {
+                data: data.clone(),
+                n_way,
+                family,
+            }) as Box<dyn TaskFamily>
+        })
+        .collect()
+}
 
 /// A training and a validation family over two embedded sets.
 fn intent_pair(
