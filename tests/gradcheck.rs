@@ -215,11 +215,13 @@ fn conv4_metagradient_matches_finite_differences() {
 /// and cosine, with a learned center and L2 normalization, and with a ReLU body.
 #[test]
 fn features_head_metagradient_matches_finite_differences() {
-    for (hidden, center, cosine, seed) in [
-        (vec![4], false, false, 7),
-        (vec![], true, true, 8),
-        (vec![4], true, false, 9),
-        (vec![], false, true, 10),
+    for (hidden, center, cosine, linear_body, task_center, seed) in [
+        (vec![4], false, false, false, false, 7),
+        (vec![], true, true, false, false, 8),
+        (vec![4], true, false, false, false, 9),
+        (vec![], false, true, false, false, 10),
+        (vec![6], true, true, true, false, 11),
+        (vec![], true, true, false, true, 12),
     ] {
         let center_or_cosine = center || cosine;
         let arch = Architecture::Features {
@@ -228,6 +230,8 @@ fn features_head_metagradient_matches_finite_differences() {
             scale: 1.5,
             center,
             cosine,
+            linear_body,
+            task_center,
         };
         // (A plain linear head with no body is left out: softmax ignores the
         // shared row w0·h, so its θ-gradient is exactly zero at any step count.)

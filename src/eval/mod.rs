@@ -86,7 +86,7 @@ pub fn task_losses(
 /// Draws `spec.tasks` episodes from the random stream `spec` fixes (so
 /// every caller at the same `spec` sees the same tasks), `fam.eval_chunk()`
 /// at a time, and collects `f`'s per-task values.
-fn over_episodes<T>(
+pub fn over_episodes<T>(
     fam: &dyn TaskFamily,
     spec: EvalSpec,
     device: &Device,

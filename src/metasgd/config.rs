@@ -78,6 +78,17 @@ pub struct TrainConfig {
     #[arg(long)]
     #[serde(default)]
     pub cosine: bool,
+    /// For feature-vector models: the `--hidden` layers are linear (no ReLU)
+    /// and start at the identity, so the run starts from the model without a
+    /// body; each hidden size must equal the input's.
+    #[arg(long)]
+    #[serde(default)]
+    pub linear_body: bool,
+    /// For feature-vector models with `--center`: each task's center starts
+    /// at θ's (which starts at zero) plus its support set's mean input.
+    #[arg(long)]
+    #[serde(default)]
+    pub task_center: bool,
     /// Output model folder (checkpoints are kept there too).
     #[arg(long)]
     pub out: PathBuf,
@@ -120,6 +131,16 @@ pub struct TrainConfig {
     #[arg(long)]
     #[serde(default)]
     pub alpha_head: Option<f64>,
+    /// α of the hidden layers (`l1.*`, ...) starts at this constant instead.
+    #[arg(long)]
+    #[serde(default)]
+    pub alpha_body: Option<f64>,
+    /// The factor on `--meta-lr` for the hidden layers' θ and α: a
+    /// 384 × 384 body moved at the head's rate leaves the identity within a
+    /// few hundred iterations.
+    #[arg(long, default_value_t = 1.0)]
+    #[serde(default = "one")]
+    pub body_lr: f64,
     /// Learn one rate per tensor (MAML++'s LSLR) instead of per element.
     #[arg(long)]
     #[serde(default)]

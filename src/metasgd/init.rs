@@ -27,6 +27,22 @@ pub fn init_theta(arch: &Architecture, rng: &mut ChaCha8Rng, device: &Device) ->
     Ok(out)
 }
 
+/// A linear body's start: each square `l*.weight` the identity, each
+/// `l*.bias` zero.
+pub fn identity_body(arch: &Architecture, theta: &mut [Tensor], device: &Device) -> anyhow::Result<()> {
+    for (spec, t) in arch.params().iter().zip(theta.iter_mut()) {
+        if !spec.name.starts_with('l') {
+            continue;
+        }
+        *t = match spec.shape[..] {
+            [o, i] if o == i => Tensor::eye(o, DType::F32, device)?,
+            [_] => Tensor::zeros(spec.shape.as_slice(), DType::F32, device)?,
+            _ => anyhow::bail!("--linear-body needs square layers, {} is {:?}", spec.name, spec.shape),
+        };
+    }
+    Ok(())
+}
+
 /// The mean input vector over 64 meta-training tasks' support sets (its
 /// own random stream): the start of a `Features` model's `center`.
 pub fn mean_input(fam: &dyn TaskFamily, cfg: &TrainConfig, device: &Device) -> anyhow::Result<Tensor> {
@@ -62,9 +78,16 @@ pub fn init_alpha(
                 }
             })
             .collect();
-        let a = match cfg.alpha_head {
-            Some(h) if spec.name.starts_with("head.") => Tensor::full(h as f32, spec.shape.as_slice(), device)?,
-            _ => Tensor::from_vec(v, spec.shape.as_slice(), device)?,
+        let constant = if spec.name.starts_with("head.") {
+            cfg.alpha_head
+        } else if spec.name.starts_with('l') {
+            cfg.alpha_body
+        } else {
+            None
+        };
+        let a = match constant {
+            Some(c) => Tensor::full(c as f32, spec.shape.as_slice(), device)?,
+            None => Tensor::from_vec(v, spec.shape.as_slice(), device)?,
         };
         alpha.push(if cfg.per_tensor { a.mean_all()? } else { a });
     }

@@ -12,6 +12,8 @@ struct Slot {
     var: Var,
     m: Tensor,
     v: Tensor,
+    /// This variable's factor on the learning rate.
+    scale: f64,
 }
 
 /// Adam over named variables.
@@ -26,11 +28,17 @@ pub struct Adam {
 
 impl Adam {
     pub fn new(named: Vec<(String, Var)>, lr: f64) -> Result<Self> {
+        Self::with_scales(named, lr, |_| 1.0)
+    }
+
+    /// Adam whose step for the variable `name` is `lr · scale(name)`.
+    pub fn with_scales(named: Vec<(String, Var)>, lr: f64, scale: impl Fn(&str) -> f64) -> Result<Self> {
         let slots = named
             .into_iter()
             .map(|(name, var)| {
                 let z = var.as_tensor().zeros_like()?;
                 Ok(Slot {
+                    scale: scale(&name),
                     name,
                     var,
                     m: z.clone(),
@@ -100,7 +108,7 @@ impl Adam {
             s.v = (s.v.affine(self.beta2, 0.0)? + g.sqr()?.affine(1.0 - self.beta2, 0.0)?)?.detach();
             let mhat = s.m.affine(1.0 / bc1, 0.0)?;
             let denom = s.v.affine(1.0 / bc2, 0.0)?.sqrt()?.affine(1.0, self.eps)?;
-            let upd = mhat.div(&denom)?.affine(self.lr, 0.0)?;
+            let upd = mhat.div(&denom)?.affine(self.lr * s.scale, 0.0)?;
             s.var.set(&s.var.as_tensor().sub(&upd)?.detach())?;
         }
         Ok(())
@@ -125,5 +133,17 @@ mod tests {
         assert!((b.as_tensor().to_vec1::<f32>().unwrap()[0] + 0.1).abs() < 1e-5);
         let names: Vec<String> = adam.state().into_iter().map(|(n, _)| n).collect();
         assert_eq!(names, ["adam.m.a", "adam.v.a", "adam.m.b", "adam.v.b"]);
+    }
+
+    #[test]
+    fn a_scaled_variable_moves_by_its_share_of_the_learning_rate() {
+        let a = Var::new(&[1.0f32], &Device::Cpu).unwrap();
+        let b = Var::new(&[1.0f32], &Device::Cpu).unwrap();
+        let named = vec![("a".into(), a.clone()), ("b".into(), b.clone())];
+        let mut adam = Adam::with_scales(named, 0.1, |n| if n == "b" { 0.01 } else { 1.0 }).unwrap();
+        let g = Tensor::new(&[1.0f32], &Device::Cpu).unwrap();
+        adam.update(&[g.clone(), g]).unwrap();
+        assert!((a.as_tensor().to_vec1::<f32>().unwrap()[0] - 0.9).abs() < 1e-6);
+        assert!((b.as_tensor().to_vec1::<f32>().unwrap()[0] - 0.999).abs() < 1e-6);
     }
 }

@@ -80,6 +80,10 @@ pub trait Job {
     fn ema_weight(&self) -> f64 {
         0.001
     }
+    /// The factor on the learning rate for the variable `name`.
+    fn lr_scale(&self, _name: &str) -> f64 {
+        1.0
+    }
     /// Runs after each checkpoint (for example to export the current model).
     fn on_checkpoint(&mut self, _vars: &[Var]) -> anyhow::Result<()> {
         Ok(())
@@ -135,7 +139,7 @@ pub fn run(
         .into_iter()
         .map(|(n, t)| Ok((n, Var::from_tensor(&t)?)))
         .collect::<candle_core::Result<_>>()?;
-    let mut adam = Adam::new(named, args.meta_lr)?;
+    let mut adam = Adam::with_scales(named, args.meta_lr, |n| job.lr_scale(n))?;
     let (mut start, mut ema, mut elapsed0) = (0u64, f64::NAN, 0.0);
     if args.resume && files.ckpt_meta.exists() {
         let meta: CheckpointMeta = serde_json::from_str(&std::fs::read_to_string(&files.ckpt_meta)?)?;

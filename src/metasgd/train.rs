@@ -12,9 +12,10 @@ use candle_core::{DType, Device, Tensor, Var};
 use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
 
-use super::init::{init_alpha, init_rule, init_theta, mean_input};
+use super::init::{identity_body, init_alpha, init_rule, init_theta, mean_input};
 use super::run::{run, Job, RunFiles};
 use super::{meta_loss_with, Order};
+use crate::eval::{episode_losses, over_episodes, EvalSpec};
 use crate::model::adapt::{adapt_with, Support};
 use crate::model::rule::{Rule, UpdateRule};
 use crate::model::{loss_per_task, rule_names, save_model, store, Architecture, Manifest, TaskKind};
@@ -31,18 +32,17 @@ pub fn validate(
     cfg: &TrainConfig,
     device: &Device,
 ) -> anyhow::Result<f64> {
-    let mut rng = ChaCha8Rng::seed_from_u64(cfg.seed.wrapping_add(1_000_003));
-    let queries = if fam.n_way().is_some() { cfg.k_query } else { 100 };
+    let spec = EvalSpec {
+        shots: cfg.k_support,
+        steps: cfg.inner_steps,
+        tasks: cfg.val_tasks,
+        queries: if fam.n_way().is_some() { cfg.k_query } else { 100 },
+        seed: cfg.seed.wrapping_add(1_000_003),
+    };
     let task = fam.manifest("val").task;
-    let mut losses = Vec::new();
-    let mut left = cfg.val_tasks;
-    while left > 0 {
-        let n = left.min(fam.eval_chunk());
-        let ep = fam.sample(&mut rng, n, cfg.k_support, queries, device)?;
-        let inner = cfg.inner_loss;
-        losses.extend(crate::eval::episode_losses(arch, task, theta, rule, inner, ep, cfg.inner_steps)?.0);
-        left -= n;
-    }
+    let losses = over_episodes(fam, spec, device, |ep| {
+        Ok(episode_losses(arch, task, theta, rule, cfg.inner_loss, ep, spec.steps)?.0)
+    })?;
     Ok(crate::eval::mean_ci95(&losses).0)
 }
 
@@ -226,6 +226,18 @@ impl Job for TrainJob {
     fn throughput(&self) -> (f64, &'static str) {
         (self.cfg.meta_batch as f64, "tasks")
     }
+
+    /// `--body-lr` for a feature-vector model's hidden layers (their θ and
+    /// every rule tensor of theirs, named `….l<k>.weight` or `….l<k>.bias`).
+    fn lr_scale(&self, name: &str) -> f64 {
+        let hidden = matches!(&self.arch, Architecture::Features { hidden, .. } if !hidden.is_empty());
+        let layer = name.rsplit('.').nth(1).unwrap_or("");
+        if hidden && layer.starts_with('l') && layer[1..].parse::<usize>().is_ok() {
+            self.cfg.body_lr
+        } else {
+            1.0
+        }
+    }
 }
 
 /// The manifest a run writes, from the family's and the run's settings.
@@ -238,13 +250,20 @@ fn manifest_for(cfg: &TrainConfig, fam: &dyn TaskFamily) -> anyhow::Result<Manif
     });
     let mut manifest = fam.manifest(&name);
     if let Architecture::Features {
-        hidden, center, cosine, ..
+        hidden,
+        center,
+        cosine,
+        linear_body,
+        task_center,
+        ..
     } = &mut manifest.architecture
     {
+        *task_center = cfg.task_center;
         hidden.clone_from(&cfg.hidden);
         *center = cfg.center;
         *cosine = cfg.cosine;
-    } else if !cfg.hidden.is_empty() || cfg.center || cfg.cosine {
+        *linear_body = cfg.linear_body;
+    } else if !cfg.hidden.is_empty() || cfg.center || cfg.cosine || cfg.linear_body || cfg.task_center {
         bail!("--hidden applies to feature-vector models only");
     }
     manifest.update_rule = cfg.rule;
@@ -283,8 +302,21 @@ pub fn train(cfg: TrainConfig, device: &Device) -> anyhow::Result<()> {
         theta = store::load_params(init, &arch, &["theta"], device)
             .with_context(|| format!("loading --init {}", init.display()))?
             .remove(0);
-    } else if let Architecture::Features { center: true, .. } = arch {
-        theta[0] = mean_input(fam.as_ref(), &cfg, device)?;
+    } else if let Architecture::Features {
+        center,
+        linear_body,
+        task_center,
+        ..
+    } = arch
+    {
+        if center && task_center {
+            theta[0] = theta[0].zeros_like()?;
+        } else if center {
+            theta[0] = mean_input(fam.as_ref(), &cfg, device)?;
+        }
+        if linear_body {
+            identity_body(&arch, &mut theta, device)?;
+        }
     }
     let rule = init_rule(&cfg, alpha, device)?.clipped(cfg.inner_grad_clip);
     let learned_rule = cfg.method == Method::Metasgd;

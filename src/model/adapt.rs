@@ -84,10 +84,11 @@ pub fn adapt_chunked(
     let theta = &for_target(arch, theta, &support.target)?;
     let rule = &rule.map_param_shaped(&|ts| for_target(arch, ts, &support.target))?;
     let chunks = chunks_of(support, rows)?;
-    let mut params: Vec<Tensor> = theta
+    let params: Vec<Tensor> = theta
         .iter()
         .map(|p| p.detach().broadcast_left(t)?.contiguous())
         .collect::<Result<_>>()?;
+    let mut params = arch.start_params(params, &support.x, None)?;
     let mut loss_before = None;
     let mut state = State::default();
     for k in 0..steps {

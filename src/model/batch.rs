@@ -169,10 +169,11 @@ pub fn adapt_padded(
     };
     let theta = &for_target(arch, theta, &target)?;
     let rule = &rule.map_param_shaped(&|ts| for_target(arch, ts, &target))?;
-    let mut params: Vec<Tensor> = theta
+    let params: Vec<Tensor> = theta
         .iter()
         .map(|q| q.detach().broadcast_left(t)?.contiguous())
         .collect::<Result<_>>()?;
+    let mut params = arch.start_params(params, &p.x, Some(&p.weights))?;
     let mut loss_before = None;
     let mut state = State::default();
     for k in 0..steps {

@@ -47,8 +47,13 @@ pub enum Architecture {
     /// A class-shared head (as in `Conv4`) on feature vectors such as
     /// sentence embeddings. In order:
     /// - with `center`, a meta-learned vector `center` `[dim]` is subtracted
-    ///   and the result L2-normalized (SimpleShot's "CL2N");
-    /// - an optional MLP body of `hidden` ReLU layers (`l1.weight`, ...);
+    ///   and the result L2-normalized (SimpleShot's "CL2N"); with
+    ///   `task_center` too, adaptation starts each task's center at θ's plus
+    ///   the mean of its support inputs ([`Architecture::start_params`]), so
+    ///   a domain no training task came from is centered on itself;
+    /// - an optional MLP body of `hidden` layers (`l1.weight`, ...), ReLU
+    ///   between them, or with `linear_body`, none (a learned linear map of
+    ///   the embedding, which training starts at the identity);
     /// - the head: `scale · w_c·h + b_c`, or with `cosine`,
     ///   `scale · cos(w_c, h) + b_c`. `scale` is the logits' temperature: it
     ///   lets α live near 1, where Adam's absolute step sizes suit it.
@@ -66,6 +71,10 @@ pub enum Architecture {
         center: bool,
         #[serde(default, skip_serializing_if = "std::ops::Not::not")]
         cosine: bool,
+        #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+        linear_body: bool,
+        #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+        task_center: bool,
     },
 }
 
@@ -215,11 +224,21 @@ impl Architecture {
                     ));
                 }
             }
-            Architecture::Features { dim, hidden, scale, .. } => {
+            Architecture::Features {
+                dim,
+                hidden,
+                scale,
+                center,
+                task_center,
+                ..
+            } => {
                 if *dim == 0 || hidden.contains(&0) || !(scale.is_finite() && *scale > 0.0) {
                     return Err(format!(
                         "features needs dim > 0, non-zero hidden sizes and a positive scale, got {dim}, {hidden:?}, {scale}"
                     ));
+                }
+                if *task_center && !*center {
+                    return Err("features' task_center needs center".into());
                 }
             }
             Architecture::Mlp { sizes } => {
@@ -246,6 +265,25 @@ impl Architecture {
         }
     }
 
+    /// Per-task θ (leading dim `T`) as adaptation starts from it on the
+    /// support inputs `x` `[T, N, in]`: the parameters themselves, except
+    /// that with `task_center` the center becomes θ's plus each task's mean
+    /// support input. `weights` `[T, N]` weigh the rows in that mean (padded
+    /// rows 0; they are normalized per task); `None`: every row alike.
+    pub fn start_params(&self, mut params: Vec<Tensor>, x: &Tensor, weights: Option<&Tensor>) -> Result<Vec<Tensor>> {
+        if let Architecture::Features { task_center: true, .. } = self {
+            let mean = match weights {
+                None => x.mean(1)?,
+                Some(w) => x
+                    .broadcast_mul(&w.unsqueeze(2)?)?
+                    .sum(1)?
+                    .broadcast_div(&w.sum_keepdim(1)?)?,
+            };
+            params[0] = params[0].broadcast_add(&mean)?.contiguous()?;
+        }
+        Ok(params)
+    }
+
     /// Forward pass. `x` is `[T, N, in]`; each parameter is either shared
     /// (its spec's shape) or per task (a leading `T`). Returns `[T, N, out]`.
     pub fn forward(&self, params: &[Tensor], x: &Tensor) -> Result<Tensor> {
@@ -259,6 +297,7 @@ impl Architecture {
                 scale,
                 center,
                 cosine,
+                linear_body,
                 ..
             } => {
                 let (mut h, params) = if *center {
@@ -268,7 +307,10 @@ impl Architecture {
                 };
                 let l = hidden.len();
                 for i in 0..l {
-                    h = linear(&h, &params[2 * i], &params[2 * i + 1])?.relu()?;
+                    h = linear(&h, &params[2 * i], &params[2 * i + 1])?;
+                    if !linear_body {
+                        h = h.relu()?;
+                    }
                 }
                 let (w, b) = (&params[2 * l], &params[2 * l + 1]);
                 let (h, w) = if *cosine {

@@ -130,7 +130,8 @@ fn exact(map: &mut HashMap<String, Tensor>, kind: UpdateRule, name: &str, shape:
     finite(name, t)
 }
 
-fn finite(name: &str, t: Tensor) -> Result<Tensor, String> {
+/// `t` as f32, or an error naming `name` when it holds NaN or ±∞.
+pub fn finite(name: &str, t: Tensor) -> Result<Tensor, String> {
     let t = t.to_dtype(DType::F32).map_err(|e| e.to_string())?;
     let v = t
         .flatten_all()

@@ -99,15 +99,7 @@ pub fn load_model(dir: &Path, device: &Device) -> Result<LoadedModel, ModelError
                 spec.shape
             )));
         }
-        let t = t.to_dtype(DType::F32).map_err(|e| werr(e.to_string()))?;
-        let v = t
-            .flatten_all()
-            .and_then(|t| t.to_vec1::<f32>())
-            .map_err(|e| werr(e.to_string()))?;
-        if v.iter().any(|x| !x.is_finite()) {
-            return Err(werr(format!("{name} holds NaN or infinite values")));
-        }
-        theta.push(t);
+        theta.push(rule_names::finite(&name, t).map_err(werr)?);
     }
     let rule = rule_names::take(manifest.update_rule, &manifest.architecture, &mut tensors)
         .map_err(werr)?

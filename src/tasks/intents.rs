@@ -121,6 +121,8 @@ impl TaskFamily for IntentTasks {
                 scale: FEATURE_SCALE,
                 center: false,
                 cosine: false,
+                linear_body: false,
+                task_center: false,
             },
             n_way: Some(MAX_WAY),
             default_steps: 1,

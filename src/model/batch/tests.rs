@@ -193,6 +193,24 @@ fn features_classification_alone_equals_batched_bit_for_bit() {
         scale: 10.0,
         center: true,
         cosine: true,
+        linear_body: false,
+        task_center: false,
+    };
+    check(&arch, TaskKind::Classification, &[(10, 2), (12, 4), (9, 3)], 2);
+}
+
+/// The task's own support mean as its center (padded rows weigh nothing in
+/// it) and a linear body.
+#[test]
+fn task_centered_features_alone_equal_batched_and_unpadded() {
+    let arch = Architecture::Features {
+        dim: 12,
+        hidden: vec![12],
+        scale: 10.0,
+        center: true,
+        cosine: true,
+        linear_body: true,
+        task_center: true,
     };
     check(&arch, TaskKind::Classification, &[(10, 2), (12, 4), (9, 3)], 2);
 }
