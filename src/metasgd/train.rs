@@ -94,9 +94,40 @@ pub fn summary(cfg: &TrainConfig) -> String {
         }
     };
     format!(
-        "{method}, {order}, {} iterations, meta-batch {}, {k} support / {} query, {} inner step(s), {lr}, seed {}{init}",
-        cfg.run.iters, cfg.meta_batch, cfg.k_query, cfg.inner_steps, cfg.seed
+        "{method}, {order}, {} iterations, meta-batch {}, {k} support / {} query, {} inner step(s), {lr}, seed {}{init}{}",
+        cfg.run.iters,
+        cfg.meta_batch,
+        cfg.k_query,
+        cfg.inner_steps,
+        cfg.seed,
+        body(cfg)
     )
+}
+
+/// The summary's clause for a body before the head and for task centering
+/// (empty for neither).
+fn body(cfg: &TrainConfig) -> String {
+    let mut s = String::new();
+    if !cfg.hidden.is_empty() {
+        let sizes: Vec<String> = cfg.hidden.iter().map(|h| h.to_string()).collect();
+        let kind = if cfg.linear_body {
+            "linear, started at the identity"
+        } else {
+            "ReLU"
+        };
+        s += &format!("; a body of {} ({kind}", sizes.join(" × "));
+        if let Some(a) = cfg.alpha_body {
+            s += &format!(", alpha starting at {a}");
+        }
+        if cfg.body_lr != 1.0 {
+            s += &format!(", Adam rate ×{}", cfg.body_lr);
+        }
+        s += ")";
+    }
+    if cfg.task_center {
+        s += "; each task centered on its support mean";
+    }
+    s
 }
 
 /// Means of the rule's rates for the log (`rate.alpha`, `rate.alpha.<k>`, …).

@@ -1,5 +1,6 @@
 //! `train`: resume is bit-exact for every rule, MAML and Reptile keep α
-//! fixed, Reptile moves θ toward the adapted parameters.
+//! fixed, Reptile moves θ toward the adapted parameters, the summary names
+//! the body.
 
 use super::*;
 use std::path::Path;
@@ -186,4 +187,25 @@ fn reptile_moves_theta_toward_the_adapted_parameters() {
         }
     }
     let _ = std::fs::remove_dir_all(&out);
+}
+
+/// A model's description says what it was trained with, body and centering
+/// included: a shipped intents manifest once called a 384 × 384 linear body
+/// "a Meta-SGD head".
+#[test]
+fn the_summary_names_the_body_and_task_centering() {
+    let mut c = cfg(Path::new("unused"), 1);
+    assert!(!summary(&c).contains("body"), "{}", summary(&c));
+    c.hidden = vec![384];
+    c.linear_body = true;
+    c.alpha_body = Some(0.0);
+    c.body_lr = 0.01;
+    c.task_center = true;
+    let s = summary(&c);
+    assert!(
+        s.ends_with(
+            "; a body of 384 (linear, started at the identity, alpha starting at 0, Adam rate ×0.01); each task centered on its support mean"
+        ),
+        "{s}"
+    );
 }
