@@ -110,12 +110,16 @@ fn body(cfg: &TrainConfig) -> String {
     let mut s = String::new();
     if !cfg.hidden.is_empty() {
         let sizes: Vec<String> = cfg.hidden.iter().map(|h| h.to_string()).collect();
+        let units = match sizes.as_slice() {
+            [one] => format!("{one} units"),
+            many => format!("{} layers of {} units", many.len(), many.join(", ")),
+        };
         let kind = if cfg.linear_body {
             "linear, started at the identity"
         } else {
             "ReLU"
         };
-        s += &format!("; a body of {} ({kind}", sizes.join(" × "));
+        s += &format!("; a body of {units} ({kind}");
         if let Some(a) = cfg.alpha_body {
             s += &format!(", alpha starting at {a}");
         }

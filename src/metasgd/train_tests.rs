@@ -204,8 +204,15 @@ fn the_summary_names_the_body_and_task_centering() {
     let s = summary(&c);
     assert!(
         s.ends_with(
-            "; a body of 384 (linear, started at the identity, alpha starting at 0, Adam rate ×0.01); each task centered on its support mean"
+            "; a body of 384 units (linear, started at the identity, alpha starting at 0, Adam rate ×0.01); each task centered on its support mean"
         ),
         "{s}"
+    );
+    c.hidden = vec![256, 128];
+    c.linear_body = false;
+    assert!(
+        summary(&c).contains("; a body of 2 layers of 256, 128 units (ReLU"),
+        "{}",
+        summary(&c)
     );
 }

@@ -3,7 +3,10 @@
 //! meta-trains on all of CLINC150 and on the [`TRAINING`] scenarios,
 //! validates on the [`VALIDATION`] scenarios and evaluates on the [`TEST`]
 //! scenarios; no scenario is in two sets, and each set uses every utterance
-//! of its scenarios (all three files).
+//! of its scenarios (all three files). The `intents-hwu64-wide` protocol
+//! also meta-trains on the validation scenarios' `train` utterances and
+//! validates on their `valid` and `test` utterances (seen intents, unseen
+//! sentences); its held-out set is the same [`TEST`] scenarios.
 
 use std::path::Path;
 
@@ -21,10 +24,14 @@ pub const TEST: [&str; 5] = ["email", "iot", "lists", "qa", "transport"];
 /// Intent names carry this prefix, so they never collide with CLINC150's.
 pub const PREFIX: &str = "hwu64/";
 
-/// The utterances of the intents of `scenarios`, as `(text, intent)`.
-pub fn utterances(dir: &Path, scenarios: &[&str]) -> anyhow::Result<Vec<(String, String)>> {
+/// Every file of the release.
+pub const ALL_SPLITS: [&str; 3] = ["train", "valid", "test"];
+
+/// The utterances of the intents of `scenarios` in the `splits` files, as
+/// `(text, intent)`.
+pub fn utterances(dir: &Path, scenarios: &[&str], splits: &[&str]) -> anyhow::Result<Vec<(String, String)>> {
     let mut out = Vec::new();
-    for split in ["train", "valid", "test"] {
+    for &split in splits {
         let read = |name: &str| -> anyhow::Result<String> {
             let p = dir.join(split).join(name);
             std::fs::read_to_string(&p).with_context(|| {
@@ -51,7 +58,7 @@ pub fn utterances(dir: &Path, scenarios: &[&str]) -> anyhow::Result<Vec<(String,
     }
     anyhow::ensure!(
         !out.is_empty(),
-        "HWU64 in {} has no utterances of {scenarios:?}",
+        "HWU64 in {} has no utterances of {scenarios:?} in {splits:?}",
         dir.display()
     );
     Ok(out)

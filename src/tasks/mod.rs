@@ -28,7 +28,8 @@ pub fn family(name: &str) -> Option<Box<dyn TaskFamily>> {
 ///
 /// `data` is the dataset folder, for families that read one (Omniglot: the
 /// folder with the release's zips; `intents`: CLINC150's folder;
-/// `intents-hwu64`: the folder holding `clinc150/` and `hwu64/`); `n_way`
+/// `intents-hwu64` and `intents-hwu64-wide`: the folder holding `clinc150/`
+/// and `hwu64/`; see `hwu64` for the two protocols); `n_way`
 /// is the classes per task.
 pub fn families(
     name: &str,
@@ -53,13 +54,20 @@ pub fn families(
             )?;
             return intent_pair(sets, n_way, "intents");
         }
-        "intents-hwu64" => {
+        "intents-hwu64" | "intents-hwu64-wide" => {
             // Training: all of CLINC150 and HWU64's training scenarios; validation: its validation scenarios.
             let (clinc_dir, hwu_dir) = hwu64_dirs(data)?;
             let mut train =
                 clinc::utterances(&clinc_dir, &[(clinc::Domains::All, &["train", "val", "test"])])?.remove(0);
-            train.extend(hwu64::utterances(&hwu_dir, &hwu64::TRAINING)?);
-            let val = hwu64::utterances(&hwu_dir, &hwu64::VALIDATION)?;
+            train.extend(hwu64::utterances(&hwu_dir, &hwu64::TRAINING, &hwu64::ALL_SPLITS)?);
+            let val = if name == "intents-hwu64-wide" {
+                // The wide protocol also trains on the validation scenarios' `train`
+                // utterances and validates on their `valid` and `test` utterances.
+                train.extend(hwu64::utterances(&hwu_dir, &hwu64::VALIDATION, &["train"])?);
+                hwu64::utterances(&hwu_dir, &hwu64::VALIDATION, &["valid", "test"])?
+            } else {
+                hwu64::utterances(&hwu_dir, &hwu64::VALIDATION, &hwu64::ALL_SPLITS)?
+            };
             return intent_pair(intents::embed_sets(vec![train, val])?, n_way, "intents-hwu64");
         }
         _ => anyhow::bail!("unknown task family {name:?} (known: {KNOWN})"),
@@ -101,16 +109,18 @@ pub fn held_out(name: &str, data: Option<&Path>, ways: &[usize]) -> anyhow::Resu
             let test = intents::load(intents_data(data)?, &[(clinc::Domains::HeldOut, &["test"])])?.remove(0);
             Ok(intent_families(test, ways, "intents"))
         }
-        "intents-hwu64" => {
+        "intents-hwu64" | "intents-hwu64-wide" => {
             let (_, hwu_dir) = hwu64_dirs(data)?;
-            let test = intents::embed_sets(vec![hwu64::utterances(&hwu_dir, &hwu64::TEST)?])?.remove(0);
+            let test =
+                intents::embed_sets(vec![hwu64::utterances(&hwu_dir, &hwu64::TEST, &hwu64::ALL_SPLITS)?])?.remove(0);
             Ok(intent_families(test, ways, "intents-hwu64"))
         }
         _ => anyhow::bail!("unknown task family {name:?} (known: {KNOWN})"),
     }
 }
 
-const KNOWN: &str = "sinusoid, omniglot, intents, intents-hwu64; held out only: omniglot-within-alphabet";
+const KNOWN: &str =
+    "sinusoid, omniglot, intents, intents-hwu64, intents-hwu64-wide; held out only: omniglot-within-alphabet";
 
 /// One intents family over `data` for each class count in `ways`.
 fn intent_families(data: Arc<clinc::IntentData>, ways: &[usize], family: &'static str) -> Vec<Box<dyn TaskFamily>> {

@@ -4,7 +4,7 @@
 use std::collections::BTreeSet;
 
 use crate::common;
-use metasgd::tasks::hwu64::{utterances, PREFIX, TEST, TRAINING, VALIDATION};
+use metasgd::tasks::hwu64::{utterances, ALL_SPLITS, PREFIX, TEST, TRAINING, VALIDATION};
 
 fn intents(utts: &[(String, String)]) -> BTreeSet<String> {
     utts.iter().map(|(_, i)| i.clone()).collect()
@@ -16,9 +16,9 @@ fn hwu64_scenarios_split_the_64_intents_without_overlap() {
         return;
     };
     let (tr, va, te) = (
-        utterances(&dir, &TRAINING).unwrap(),
-        utterances(&dir, &VALIDATION).unwrap(),
-        utterances(&dir, &TEST).unwrap(),
+        utterances(&dir, &TRAINING, &ALL_SPLITS).unwrap(),
+        utterances(&dir, &VALIDATION, &ALL_SPLITS).unwrap(),
+        utterances(&dir, &TEST, &ALL_SPLITS).unwrap(),
     );
     let (a, b, c) = (intents(&tr), intents(&va), intents(&te));
     assert_eq!(
@@ -49,4 +49,28 @@ fn hwu64_scenarios_split_the_64_intents_without_overlap() {
         .sum();
     assert_eq!(tr.len() + va.len() + te.len(), lines);
     assert!(te.iter().all(|(t, _)| !t.is_empty()));
+}
+
+/// `intents-hwu64-wide` trains on the validation scenarios' `train` file and
+/// validates on their `valid` and `test` files: the two share the intents and
+/// no line, and each intent keeps enough unseen sentences for K + Q = 10.
+#[test]
+fn hwu64_wide_protocol_validates_on_unseen_sentences_of_seen_intents() {
+    let Some(dir) = common::shared_dir("data/hwu64") else {
+        return;
+    };
+    let seen = utterances(&dir, &VALIDATION, &["train"]).unwrap();
+    let val = utterances(&dir, &VALIDATION, &["valid", "test"]).unwrap();
+    let all = utterances(&dir, &VALIDATION, &ALL_SPLITS).unwrap();
+    assert_eq!(seen.len() + val.len(), all.len());
+    assert_eq!(intents(&seen), intents(&val));
+    assert!(intents(&val).len() >= 10, "{} validation intents", intents(&val).len());
+    for i in intents(&val) {
+        let n = val.iter().filter(|(_, j)| *j == i).count();
+        assert!(n >= 10, "{i} has {n} valid/test utterances");
+    }
+    assert!(
+        utterances(&dir, &VALIDATION, &[]).is_err(),
+        "no files: an error, not an empty set"
+    );
 }
