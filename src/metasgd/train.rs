@@ -76,6 +76,12 @@ pub fn summary(cfg: &TrainConfig) -> String {
         ),
         None => String::new(),
     };
+    // Classification tasks: the classes per training task.
+    let ways = match (cfg.task.as_str(), cfg.n_way_max) {
+        ("sinusoid", _) => String::new(),
+        (_, Some(hi)) => format!(", {}..{hi}-way", cfg.n_way),
+        (_, None) => format!(", {}-way", cfg.n_way),
+    };
     let k = match cfg.k_support_max {
         Some(hi) => format!("K={}..{hi}", cfg.k_support),
         None => format!("K={}", cfg.k_support),
@@ -94,7 +100,7 @@ pub fn summary(cfg: &TrainConfig) -> String {
         }
     };
     format!(
-        "{method}, {order}, {} iterations, meta-batch {}, {k} support / {} query, {} inner step(s), {lr}, seed {}{init}{}",
+        "{method}, {order}{ways}, {} iterations, meta-batch {}, {k} support / {} query, {} inner step(s), {lr}, seed {}{init}{}",
         cfg.run.iters,
         cfg.meta_batch,
         cfg.k_query,

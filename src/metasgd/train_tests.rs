@@ -189,9 +189,9 @@ fn reptile_moves_theta_toward_the_adapted_parameters() {
     let _ = std::fs::remove_dir_all(&out);
 }
 
-/// A model's description says what it was trained with, body and centering
-/// included: a shipped intents manifest once called a 384 × 384 linear body
-/// "a Meta-SGD head".
+/// A model's description says what it was trained with, body, centering and
+/// classes per task included: a shipped intents manifest once called a
+/// 384 × 384 linear body "a Meta-SGD head", and never named its 10-way tasks.
 #[test]
 fn the_summary_names_the_body_and_task_centering() {
     let mut c = cfg(Path::new("unused"), 1);
@@ -210,6 +210,16 @@ fn the_summary_names_the_body_and_task_centering() {
     );
     c.hidden = vec![256, 128];
     c.linear_body = false;
+    assert!(
+        !summary(&c).contains("-way"),
+        "sinusoid has no classes: {}",
+        summary(&c)
+    );
+    c.task = "intents-hwu64-wide".into();
+    c.n_way = 10;
+    assert!(summary(&c).contains("first order, 10-way, "), "{}", summary(&c));
+    c.n_way_max = Some(20);
+    assert!(summary(&c).contains("first order, 10..20-way, "), "{}", summary(&c));
     assert!(
         summary(&c).contains("; a body of 2 layers of 256, 128 units (ReLU"),
         "{}",
