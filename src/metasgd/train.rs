@@ -46,8 +46,8 @@ pub fn validate(
     Ok(crate::eval::mean_ci95(&losses).0)
 }
 
-/// One line that says how a model was trained.
-pub fn summary(cfg: &TrainConfig) -> String {
+/// One line that says how a model of `task` kind was trained.
+pub fn summary(cfg: &TrainConfig, task: TaskKind) -> String {
     let rule = match cfg.rule {
         UpdateRule::Metasgd => "Meta-SGD",
         UpdateRule::PerStep => "per-step rates (MAML++ LSLR)",
@@ -76,11 +76,11 @@ pub fn summary(cfg: &TrainConfig) -> String {
         ),
         None => String::new(),
     };
-    // Classification tasks: the classes per training task.
-    let ways = match (cfg.task.as_str(), cfg.n_way_max) {
-        ("sinusoid", _) => String::new(),
-        (_, Some(hi)) => format!(", {}..{hi}-way", cfg.n_way),
-        (_, None) => format!(", {}-way", cfg.n_way),
+    // Classification: the classes per training task.
+    let ways = match (task, cfg.n_way_max) {
+        (TaskKind::Regression, _) => String::new(),
+        (TaskKind::Classification, Some(hi)) => format!(", {}..{hi}-way", cfg.n_way),
+        (TaskKind::Classification, None) => format!(", {}-way", cfg.n_way),
     };
     let k = match cfg.k_support_max {
         Some(hi) => format!("K={}..{hi}", cfg.k_support),
@@ -393,7 +393,7 @@ pub fn train(cfg: TrainConfig, device: &Device) -> anyhow::Result<()> {
     manifest.description = format!(
         "{} Meta-trained by `metasgd train`: {}.",
         manifest.description,
-        summary(&cfg)
+        summary(&cfg, manifest.task)
     );
     save_model(&cfg.out, &manifest, &theta, &rule)?;
     std::fs::write(

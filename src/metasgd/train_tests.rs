@@ -195,13 +195,17 @@ fn reptile_moves_theta_toward_the_adapted_parameters() {
 #[test]
 fn the_summary_names_the_body_and_task_centering() {
     let mut c = cfg(Path::new("unused"), 1);
-    assert!(!summary(&c).contains("body"), "{}", summary(&c));
+    assert!(
+        !summary(&c, TaskKind::Regression).contains("body"),
+        "{}",
+        summary(&c, TaskKind::Regression)
+    );
     c.hidden = vec![384];
     c.linear_body = true;
     c.alpha_body = Some(0.0);
     c.body_lr = 0.01;
     c.task_center = true;
-    let s = summary(&c);
+    let s = summary(&c, TaskKind::Regression);
     assert!(
         s.ends_with(
             "; a body of 384 units (linear, started at the identity, alpha starting at 0, Adam rate ×0.01); each task centered on its support mean"
@@ -211,18 +215,18 @@ fn the_summary_names_the_body_and_task_centering() {
     c.hidden = vec![256, 128];
     c.linear_body = false;
     assert!(
-        !summary(&c).contains("-way"),
-        "sinusoid has no classes: {}",
-        summary(&c)
+        !summary(&c, TaskKind::Regression).contains("-way"),
+        "a regression model has no classes: {}",
+        summary(&c, TaskKind::Regression)
     );
-    c.task = "intents-hwu64-wide".into();
+    let class = |c: &TrainConfig| summary(c, TaskKind::Classification);
     c.n_way = 10;
-    assert!(summary(&c).contains("first order, 10-way, "), "{}", summary(&c));
+    assert!(class(&c).contains("first order, 10-way, "), "{}", class(&c));
     c.n_way_max = Some(20);
-    assert!(summary(&c).contains("first order, 10..20-way, "), "{}", summary(&c));
+    assert!(class(&c).contains("first order, 10..20-way, "), "{}", class(&c));
     assert!(
-        summary(&c).contains("; a body of 2 layers of 256, 128 units (ReLU"),
+        summary(&c, TaskKind::Regression).contains("; a body of 2 layers of 256, 128 units (ReLU"),
         "{}",
-        summary(&c)
+        summary(&c, TaskKind::Regression)
     );
 }

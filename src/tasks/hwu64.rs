@@ -26,6 +26,10 @@ pub const PREFIX: &str = "hwu64/";
 
 /// Every file of the release.
 pub const ALL_SPLITS: [&str; 3] = ["train", "valid", "test"];
+/// `intents-hwu64-wide`: the validation scenarios' files it meta-trains on
+/// and those it validates on.
+pub const WIDE_TRAIN_SPLITS: [&str; 1] = ["train"];
+pub const WIDE_VALIDATION_SPLITS: [&str; 2] = ["valid", "test"];
 
 /// The utterances of the intents of `scenarios` in the `splits` files, as
 /// `(text, intent)`.

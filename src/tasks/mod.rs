@@ -63,8 +63,12 @@ pub fn families(
             let val = if name == "intents-hwu64-wide" {
                 // The wide protocol also trains on the validation scenarios' `train`
                 // utterances and validates on their `valid` and `test` utterances.
-                train.extend(hwu64::utterances(&hwu_dir, &hwu64::VALIDATION, &["train"])?);
-                hwu64::utterances(&hwu_dir, &hwu64::VALIDATION, &["valid", "test"])?
+                train.extend(hwu64::utterances(
+                    &hwu_dir,
+                    &hwu64::VALIDATION,
+                    &hwu64::WIDE_TRAIN_SPLITS,
+                )?);
+                hwu64::utterances(&hwu_dir, &hwu64::VALIDATION, &hwu64::WIDE_VALIDATION_SPLITS)?
             } else {
                 hwu64::utterances(&hwu_dir, &hwu64::VALIDATION, &hwu64::ALL_SPLITS)?
             };

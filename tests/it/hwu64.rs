@@ -4,7 +4,9 @@
 use std::collections::BTreeSet;
 
 use crate::common;
-use metasgd::tasks::hwu64::{utterances, ALL_SPLITS, PREFIX, TEST, TRAINING, VALIDATION};
+use metasgd::tasks::hwu64::{
+    utterances, ALL_SPLITS, PREFIX, TEST, TRAINING, VALIDATION, WIDE_TRAIN_SPLITS, WIDE_VALIDATION_SPLITS,
+};
 
 fn intents(utts: &[(String, String)]) -> BTreeSet<String> {
     utts.iter().map(|(_, i)| i.clone()).collect()
@@ -59,8 +61,8 @@ fn hwu64_wide_protocol_validates_on_unseen_sentences_of_seen_intents() {
     let Some(dir) = common::shared_dir("data/hwu64") else {
         return;
     };
-    let seen = utterances(&dir, &VALIDATION, &["train"]).unwrap();
-    let val = utterances(&dir, &VALIDATION, &["valid", "test"]).unwrap();
+    let seen = utterances(&dir, &VALIDATION, &WIDE_TRAIN_SPLITS).unwrap();
+    let val = utterances(&dir, &VALIDATION, &WIDE_VALIDATION_SPLITS).unwrap();
     let all = utterances(&dir, &VALIDATION, &ALL_SPLITS).unwrap();
     assert_eq!(seen.len() + val.len(), all.len());
     assert_eq!(intents(&seen), intents(&val));
