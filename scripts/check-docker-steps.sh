@@ -28,7 +28,7 @@ test -x "$work/out/bin/metasgd"
 test -f "$work/out/app/models/sinusoid/manifest.json"
 test -d "$work/out/app/data"
 test -n "$(find "$work/out/app/cache" -name 'libonnxruntime.so*')"
-! find "$work/out/app/models" -name 'checkpoint.*' | grep -q .
+! find "$work/out/app/models" -name '*checkpoint.*' | grep -q .
 port=$(( 20000 + RANDOM % 20000 ))
 env_args=$(awk '/^ENV /{f=1} f{print} f && !/\\$/{f=0}' "$repo/Dockerfile" | sed 's/^ENV //; s/\\$//' | tr -s ' \n' '\n' | grep '=')
 cd "$work/out/app"

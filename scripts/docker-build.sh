@@ -18,4 +18,4 @@ cp -r models "$out/app/models"
 # (sha256-pinned) into the image, so the container starts offline.
 "$out/bin/metasgd" fetch --models "$out/app/models" --cache-dir "$out/app/cache"
 # Training state is not part of an image.
-find "$out/app/models" -name 'checkpoint.*' -delete
+find "$out/app/models" -name '*checkpoint.*' -delete

@@ -54,6 +54,16 @@ pub struct PretrainConfig {
     #[arg(long)]
     #[serde(default)]
     pub augment: bool,
+    /// With `--augment`: the warps' ranges and the thickness chance as a
+    /// fraction of the defaults (0.5: ±5°, shear 0.125, scale ±7.5%,
+    /// shift ±1 px, thickness p = 0.25).
+    #[arg(long, default_value_t = 1.0)]
+    #[serde(default = "full_strength")]
+    pub augment_strength: f32,
+}
+
+fn full_strength() -> f32 {
+    1.0
 }
 
 /// Conv weights and biases (8), batch-norm γ and β (8), head weight and bias.
@@ -218,7 +228,7 @@ impl Job for PretrainJob {
     fn step(&mut self, it: u64, vars: &[Var]) -> anyhow::Result<(f64, Vec<Tensor>)> {
         let mut rng = ChaCha8Rng::seed_from_u64(self.cfg.seed);
         rng.set_stream(it + 1);
-        let aug = self.cfg.augment.then(Augment::default);
+        let aug = self.cfg.augment.then(|| Augment::scaled(self.cfg.augment_strength));
         let (x, y) = batch(&self.data, &mut rng, self.cfg.batch, aug.as_ref(), &self.device)?;
         let p: Vec<Tensor> = vars.iter().map(|v| v.as_tensor().clone()).collect();
         let f = body_bn(&p, &x)?;

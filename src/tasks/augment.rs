@@ -40,6 +40,19 @@ impl Default for Augment {
 }
 
 impl Augment {
+    /// The default ranges times `s` (0 = no change, 1 = [`Augment::default`]);
+    /// the thickness chance is scaled too, capped at 1.
+    pub fn scaled(s: f32) -> Self {
+        let d = Self::default();
+        Self {
+            rotate_deg: d.rotate_deg * s,
+            shear: d.shear * s,
+            scale: d.scale * s,
+            shift: d.shift * s,
+            thickness_p: (d.thickness_p * s as f64).clamp(0.0, 1.0),
+        }
+    }
+
     /// A warped copy of one `SIDE × SIDE` drawing.
     pub fn apply(&self, img: &[f32], rng: &mut ChaCha8Rng) -> Vec<f32> {
         let mut out = self.warp(img, rng);
@@ -168,6 +181,19 @@ mod tests {
             let s: f32 = out.iter().sum();
             assert!(s > 0.3 * ink && s < 2.5 * ink, "{s} vs {ink}");
         }
+    }
+
+    #[test]
+    fn scaled_halves_every_range_and_zero_is_the_identity() {
+        let half = Augment::scaled(0.5);
+        assert_eq!(half.shift, 1.0);
+        assert_eq!(half.rotate_deg, 5.0);
+        assert_eq!(half.thickness_p, 0.25);
+        let img = square();
+        let mut rng = ChaCha8Rng::seed_from_u64(2);
+        let out = Augment::scaled(0.0).apply(&img, &mut rng);
+        let err: f32 = out.iter().zip(&img).map(|(a, b)| (a - b).abs()).sum();
+        assert!(err < 1e-4, "{err}");
     }
 
     #[test]
