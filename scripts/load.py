@@ -88,7 +88,7 @@ def serve(models, *args):
 def sinusoid_models():
     d = tempfile.mkdtemp(prefix="metasgd-load-models-")
     shutil.copytree(os.path.join(ROOT, "models", "sinusoid"), os.path.join(d, "sinusoid"),
-                    ignore=shutil.ignore_patterns("checkpoint.*"))
+                    ignore=shutil.ignore_patterns("*checkpoint.*"))
     return d
 
 
