@@ -78,6 +78,7 @@ fn main() -> candle_core::Result<()> {
         channels: 1,
         side: 28,
         hidden: 64,
+        proto_start: false,
     }
     .params()
     .iter()

@@ -38,11 +38,12 @@ fn problem(task: TaskKind, seed: u64) -> Problem {
 }
 
 /// A conv4 with 3 filters on 16×16 inputs (a 1×1 feature map), 3 classes.
-fn conv_problem(seed: u64) -> Problem {
+fn conv_problem(seed: u64, proto_start: bool) -> Problem {
     let arch = Architecture::Conv4 {
         channels: 1,
         side: 16,
         hidden: 3,
+        proto_start,
     };
     problem_for(arch, TaskKind::Classification, seed, 256, 3)
 }
@@ -207,23 +208,36 @@ fn first_order_alpha_gradient_is_exact_for_one_step() {
 /// their backward-of-backward are right.
 #[test]
 fn conv4_metagradient_matches_finite_differences() {
-    check_problem(conv_problem(5), 1);
-    check_problem(conv_problem(6), 2);
+    check_problem(conv_problem(5, false), 1);
+    check_problem(conv_problem(6, false), 2);
+}
+
+/// The prototype start (`model::proto`): the meta-gradient flows through
+/// the class means into the body and through the metric row, and then
+/// through the steps, as Proto-MAML's does.
+#[test]
+fn conv4_prototype_start_metagradient_matches_finite_differences() {
+    check_problem(conv_problem(15, true), 1);
+    check_problem(conv_problem(16, true), 2);
 }
 
 /// The text intents head: a class-shared head on feature vectors, plain
 /// and cosine, with a learned center and L2 normalization, and with a ReLU body.
 #[test]
 fn features_head_metagradient_matches_finite_differences() {
-    for (hidden, center, cosine, linear_body, task_center, seed) in [
-        (vec![4], false, false, false, false, 7),
-        (vec![], true, true, false, false, 8),
-        (vec![4], true, false, false, false, 9),
-        (vec![], false, true, false, false, 10),
-        (vec![6], true, true, true, false, 11),
-        (vec![], true, true, false, true, 12),
+    for (hidden, center, cosine, linear_body, task_center, proto_start, seed) in [
+        (vec![4], false, false, false, false, false, 7),
+        (vec![], true, true, false, false, false, 8),
+        (vec![4], true, false, false, false, false, 9),
+        (vec![], false, true, false, false, false, 10),
+        (vec![6], true, true, true, false, false, 11),
+        (vec![], true, true, false, true, false, 12),
+        // The prototype start, on a plain head (its metric row is what θ
+        // is then) and on the shipped intents design.
+        (vec![], false, false, false, false, true, 13),
+        (vec![6], true, true, true, true, true, 14),
     ] {
-        let center_or_cosine = center || cosine;
+        let center_or_cosine = center || cosine || proto_start;
         let arch = Architecture::Features {
             dim: 6,
             hidden,
@@ -232,6 +246,7 @@ fn features_head_metagradient_matches_finite_differences() {
             cosine,
             linear_body,
             task_center,
+            proto_start,
         };
         // (A plain linear head with no body is left out: softmax ignores the
         // shared row w0·h, so its θ-gradient is exactly zero at any step count.)

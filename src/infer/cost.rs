@@ -99,7 +99,9 @@ fn profile(arch: &Architecture) -> Profile {
                 act_bytes: 4 * F32 * acts as u64,
             }
         }
-        Architecture::Conv4 { channels, side, hidden } => {
+        Architecture::Conv4 {
+            channels, side, hidden, ..
+        } => {
             let (mut s, mut cin) = (*side, *channels);
             let (mut fwd, mut acts) = (0usize, 0usize);
             for _ in 0..4 {
@@ -169,6 +171,10 @@ pub fn estimate(m: &Manifest, c: &Counts, rows: usize) -> Estimate {
     let fwd = p.fwd_flops + p.head_flops_per_class * classes;
     let n = c.support as f64;
     let mut flops = c.steps as f64 * 3.0 * fwd * n + if c.support > 0 { fwd * n } else { 0.0 };
+    // A prototype start runs the support set through the body once more.
+    if m.architecture.proto_start() {
+        flops += p.fwd_flops * n;
+    }
     flops += fwd * c.queries as f64;
     let in_dim: usize = m.input.shape.iter().product();
     let mut bytes = F32 * in_dim as u64 * (c.support + c.queries) as u64;
@@ -279,6 +285,28 @@ mod tests {
             1000,
         );
         assert!((60e6..110e6).contains(&one.flops), "{}", one.flops);
+    }
+
+    /// The prototype start runs the support set through the body once more
+    /// (`model::proto`), and is priced so.
+    #[test]
+    fn a_prototype_start_costs_one_more_forward_of_the_support_set() {
+        let mut m = omniglot();
+        let c = Counts {
+            support: 100,
+            classes: 20,
+            steps: 2,
+            ..Default::default()
+        };
+        let mut with = |on: bool| {
+            if let Architecture::Conv4 { proto_start, .. } = &mut m.architecture {
+                *proto_start = on;
+            }
+            estimate(&m, &c, 1000).flops
+        };
+        let (off, on) = (with(false), with(true));
+        let body = profile(&omniglot().architecture).fwd_flops;
+        assert!((on - off - 100.0 * body).abs() < 1.0, "{on} - {off}");
     }
 
     #[test]

@@ -89,6 +89,13 @@ pub struct TrainConfig {
     #[arg(long)]
     #[serde(default)]
     pub task_center: bool,
+    /// Start each task's head at its class prototypes (`model::proto`,
+    /// Proto-MAML's start) with the shared head row, the prototypes'
+    /// per-dimension metric, starting at this constant (it replaces the row
+    /// `--init` loads). Conv4 and feature-vector models.
+    #[arg(long)]
+    #[serde(default)]
+    pub proto_start: Option<f64>,
     /// Output model folder (checkpoints are kept there too).
     #[arg(long)]
     pub out: PathBuf,

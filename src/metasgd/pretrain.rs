@@ -270,6 +270,7 @@ impl Job for PretrainJob {
             channels: 1,
             side: SIDE,
             hidden: HIDDEN,
+            proto_start: false,
         };
         store::save_params(&self.cfg.out.join("init.safetensors"), &arch, &[("theta", &theta)])
     }

@@ -137,6 +137,9 @@ fn body(cfg: &TrainConfig) -> String {
     if cfg.task_center {
         s += "; each task centered on its support mean";
     }
+    if let Some(m) = cfg.proto_start {
+        s += &format!("; the head started at each task's class prototypes (metric starting at {m})");
+    }
     s
 }
 
@@ -290,6 +293,15 @@ fn manifest_for(cfg: &TrainConfig, fam: &dyn TaskFamily) -> anyhow::Result<Manif
             .unwrap_or_else(|| cfg.task.clone())
     });
     let mut manifest = fam.manifest(&name);
+    match &mut manifest.architecture {
+        Architecture::Conv4 { proto_start, .. } | Architecture::Features { proto_start, .. } => {
+            *proto_start = cfg.proto_start.is_some();
+        }
+        Architecture::Mlp { .. } if cfg.proto_start.is_some() => {
+            bail!("--proto-start applies to class-shared heads (conv4 and feature-vector models) only")
+        }
+        Architecture::Mlp { .. } => {}
+    }
     if let Architecture::Features {
         hidden,
         center,
@@ -358,6 +370,11 @@ pub fn train(cfg: TrainConfig, device: &Device) -> anyhow::Result<()> {
         if linear_body {
             identity_body(&arch, &mut theta, device)?;
         }
+    }
+    if let Some(metric) = cfg.proto_start {
+        // The shared head row is the prototype start's metric (`model::proto`).
+        let k = theta.len();
+        theta[k - 2] = theta[k - 2].ones_like()?.affine(metric, 0.0)?;
     }
     let rule = init_rule(&cfg, alpha, device)?.clipped(cfg.inner_grad_clip);
     let learned_rule = cfg.method == Method::Metasgd;

@@ -22,6 +22,7 @@ fn cfg(out: &Path, iters: u64) -> TrainConfig {
         cosine: false,
         linear_body: false,
         task_center: false,
+        proto_start: None,
         alpha_body: None,
         body_lr: 1.0,
         out: out.to_path_buf(),

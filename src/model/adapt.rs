@@ -88,7 +88,7 @@ pub fn adapt_chunked(
         .iter()
         .map(|p| p.detach().broadcast_left(t)?.contiguous())
         .collect::<Result<_>>()?;
-    let mut params = arch.start_params(params, &support.x, None)?;
+    let mut params = arch.start_params(params, &support.x, support.target.onehot(), None, rows)?;
     let mut loss_before = None;
     let mut state = State::default();
     for k in 0..steps {
@@ -386,6 +386,7 @@ pub(crate) mod tests {
             channels: 1,
             side: 28,
             hidden: 4,
+            proto_start: false,
         };
         let theta = arch
             .params()

@@ -173,7 +173,11 @@ pub fn adapt_padded(
         .iter()
         .map(|q| q.detach().broadcast_left(t)?.contiguous())
         .collect::<Result<_>>()?;
-    let mut params = arch.start_params(params, &p.x, Some(&p.weights))?;
+    let onehot = match &p.target {
+        PaddedTarget::Classes { onehot, .. } => Some(onehot),
+        PaddedTarget::Values(_) => None,
+    };
+    let mut params = arch.start_params(params, &p.x, onehot, Some(&p.weights), usize::MAX)?;
     let mut loss_before = None;
     let mut state = State::default();
     for k in 0..steps {

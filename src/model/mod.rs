@@ -15,6 +15,7 @@ pub mod layers;
 pub mod loss;
 pub mod manifest;
 pub mod pool;
+pub mod proto;
 pub mod rule;
 pub mod rule_names;
 pub mod store;
@@ -39,10 +40,14 @@ pub enum Architecture {
     /// with a class-shared head: θ holds one head row (`head.weight` `[1, hidden·s²]`,
     /// `head.bias` `[1]`) that every class starts from, so one model serves any
     /// number of classes. [`Architecture::for_classes`] expands it to N rows.
+    /// With `proto_start`, each task's rows start at its class prototypes
+    /// ([`proto`]).
     Conv4 {
         channels: usize,
         side: usize,
         hidden: usize,
+        #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+        proto_start: bool,
     },
     /// A class-shared head (as in `Conv4`) on feature vectors such as
     /// sentence embeddings. In order:
@@ -61,6 +66,8 @@ pub enum Architecture {
     /// With no hidden layers, one step from the shared row is a prototype
     /// classifier whose per-dimension metric is the meta-learned α; the
     /// cosine head makes that step's classifier independent of the class count.
+    /// With `proto_start`, each task's rows start at its class prototypes
+    /// instead ([`proto`]).
     Features {
         dim: usize,
         #[serde(default)]
@@ -75,6 +82,8 @@ pub enum Architecture {
         linear_body: bool,
         #[serde(default, skip_serializing_if = "std::ops::Not::not")]
         task_center: bool,
+        #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+        proto_start: bool,
     },
 }
 
@@ -93,7 +102,9 @@ impl Architecture {
     /// The parameters in their canonical order: `l1.weight`, `l1.bias`, `l2.weight`, ...
     pub fn params(&self) -> Vec<ParamSpec> {
         match self {
-            Architecture::Conv4 { channels, side, hidden } => {
+            Architecture::Conv4 {
+                channels, side, hidden, ..
+            } => {
                 let mut v = Vec::new();
                 for l in 1..=4 {
                     let cin = if l == 1 { *channels } else { *hidden };
@@ -217,7 +228,9 @@ impl Architecture {
     /// Checks the architecture itself is well formed.
     pub fn validate(&self) -> std::result::Result<(), String> {
         match self {
-            Architecture::Conv4 { channels, side, hidden } => {
+            Architecture::Conv4 {
+                channels, side, hidden, ..
+            } => {
                 if *channels == 0 || *hidden == 0 || conv::feature_side(*side) == 0 {
                     return Err(format!(
                         "conv4 needs channels and hidden > 0 and side >= 16, got {channels}, {hidden}, {side}"
@@ -268,9 +281,19 @@ impl Architecture {
     /// Per-task θ (leading dim `T`) as adaptation starts from it on the
     /// support inputs `x` `[T, N, in]`: the parameters themselves, except
     /// that with `task_center` the center becomes θ's plus each task's mean
-    /// support input. `weights` `[T, N]` weigh the rows in that mean (padded
-    /// rows 0; they are normalized per task); `None`: every row alike.
-    pub fn start_params(&self, mut params: Vec<Tensor>, x: &Tensor, weights: Option<&Tensor>) -> Result<Vec<Tensor>> {
+    /// support input, and with `proto_start` the head's rows start at the
+    /// task's class prototypes ([`proto`]; `onehot` `[T, N, C]` names each
+    /// row's class, and its features are computed `rows` at a time).
+    /// `weights` `[T, N]` weigh the rows in those means (padded rows 0; they
+    /// are normalized per task or class); `None`: every row alike.
+    pub fn start_params(
+        &self,
+        mut params: Vec<Tensor>,
+        x: &Tensor,
+        onehot: Option<&Tensor>,
+        weights: Option<&Tensor>,
+        rows: usize,
+    ) -> Result<Vec<Tensor>> {
         if let Architecture::Features { task_center: true, .. } = self {
             let mean = match weights {
                 None => x.mean(1)?,
@@ -281,22 +304,34 @@ impl Architecture {
             };
             params[0] = params[0].broadcast_add(&mean)?.contiguous()?;
         }
+        if self.proto_start() {
+            let onehot =
+                onehot.ok_or_else(|| candle_core::Error::Msg("a prototype start needs class labels".into()))?;
+            params = proto::start(self, params, x, onehot, weights, rows)?;
+        }
         Ok(params)
     }
 
-    /// Forward pass. `x` is `[T, N, in]`; each parameter is either shared
-    /// (its spec's shape) or per task (a leading `T`). Returns `[T, N, out]`.
-    pub fn forward(&self, params: &[Tensor], x: &Tensor) -> Result<Tensor> {
+    /// True when adaptation starts the head at the class prototypes.
+    pub fn proto_start(&self) -> bool {
+        matches!(
+            self,
+            Architecture::Conv4 { proto_start: true, .. } | Architecture::Features { proto_start: true, .. }
+        )
+    }
+
+    /// What the head sees, `[T, N, F]`: the conv4's normalized features, or
+    /// a feature model's centered, normalized and body-mapped vector (for a
+    /// cosine head, before its own normalization). `params` are the body's
+    /// (the head's two tensors may follow; they are not read).
+    pub fn embed(&self, params: &[Tensor], x: &Tensor) -> Result<Tensor> {
         match self {
             Architecture::Conv4 { channels, side, .. } => {
-                let f = conv::l2_normalize(&conv::body(&params[..8], x, *channels, *side)?)?;
-                linear(&f, &params[8], &params[9])
+                conv::l2_normalize(&conv::body(&params[..8], x, *channels, *side)?)
             }
             Architecture::Features {
                 hidden,
-                scale,
                 center,
-                cosine,
                 linear_body,
                 ..
             } => {
@@ -305,20 +340,41 @@ impl Architecture {
                 } else {
                     (x.clone(), params)
                 };
-                let l = hidden.len();
-                for i in 0..l {
+                for i in 0..hidden.len() {
                     h = linear(&h, &params[2 * i], &params[2 * i + 1])?;
                     if !linear_body {
                         h = h.relu()?;
                     }
                 }
-                let (w, b) = (&params[2 * l], &params[2 * l + 1]);
+                Ok(h)
+            }
+            Architecture::Mlp { .. } => Ok(x.clone()),
+        }
+    }
+
+    /// The head's logits from what it sees: `scale · h·w_c + b_c`, or with
+    /// `cosine`, `scale · cos(w_c, h) + b_c` (conv4: scale 1, no cosine).
+    pub fn head(&self, h: &Tensor, w: &Tensor, b: &Tensor) -> Result<Tensor> {
+        match self {
+            Architecture::Features { scale, cosine, .. } => {
                 let (h, w) = if *cosine {
-                    (unit_rows(&h)?, unit_rows(w)?)
+                    (unit_rows(h)?, unit_rows(w)?)
                 } else {
-                    (h, w.clone())
+                    (h.clone(), w.clone())
                 };
                 linear(&h.affine(*scale, 0.0)?, &w, b)
+            }
+            _ => linear(h, w, b),
+        }
+    }
+
+    /// Forward pass. `x` is `[T, N, in]`; each parameter is either shared
+    /// (its spec's shape) or per task (a leading `T`). Returns `[T, N, out]`.
+    pub fn forward(&self, params: &[Tensor], x: &Tensor) -> Result<Tensor> {
+        match self {
+            Architecture::Conv4 { .. } | Architecture::Features { .. } => {
+                let k = params.len();
+                self.head(&self.embed(&params[..k - 2], x)?, &params[k - 2], &params[k - 1])
             }
             Architecture::Mlp { sizes } => {
                 let layers = sizes.len() - 1;
@@ -349,6 +405,14 @@ impl Target {
     pub fn tensor(&self) -> &Tensor {
         match self {
             Target::Values(t) | Target::OneHot(t) => t,
+        }
+    }
+
+    /// The one-hot rows of a classification target.
+    pub fn onehot(&self) -> Option<&Tensor> {
+        match self {
+            Target::OneHot(t) => Some(t),
+            Target::Values(_) => None,
         }
     }
 }

@@ -123,6 +123,7 @@ impl TaskFamily for IntentTasks {
                 cosine: false,
                 linear_body: false,
                 task_center: false,
+                proto_start: false,
             },
             n_way: Some(MAX_WAY),
             default_steps: 1,

@@ -276,6 +276,7 @@ impl TaskFamily for OmniglotTasks {
                 channels: 1,
                 side: SIDE,
                 hidden: 64,
+                proto_start: false,
             },
             n_way: Some(MAX_WAY),
             default_steps: 1,

@@ -180,6 +180,7 @@ fn conv4_classification_alone_equals_batched_bit_for_bit() {
         channels: 1,
         side: 16,
         hidden: 4,
+        proto_start: false,
     };
     // Images are not padded (`row_bucket`): one bucket is one size.
     check(&arch, TaskKind::Classification, &[(6, 5), (6, 3), (6, 6)], 3);
@@ -195,6 +196,7 @@ fn features_classification_alone_equals_batched_bit_for_bit() {
         cosine: true,
         linear_body: false,
         task_center: false,
+        proto_start: false,
     };
     check(&arch, TaskKind::Classification, &[(10, 2), (12, 4), (9, 3)], 2);
 }
@@ -211,8 +213,45 @@ fn task_centered_features_alone_equal_batched_and_unpadded() {
         cosine: true,
         linear_body: true,
         task_center: true,
+        proto_start: false,
     };
     check(&arch, TaskKind::Classification, &[(10, 2), (12, 4), (9, 3)], 2);
+}
+
+/// The prototype start (`model::proto`): padded rows and classes count in
+/// no class mean, on the conv4 and on the task-centered cosine head.
+#[test]
+fn prototype_starts_alone_equal_batched_and_unpadded() {
+    let conv = Architecture::Conv4 {
+        channels: 1,
+        side: 16,
+        hidden: 4,
+        proto_start: true,
+    };
+    check(&conv, TaskKind::Classification, &[(6, 5), (6, 3), (6, 6)], 2);
+    let features = Architecture::Features {
+        dim: 12,
+        hidden: vec![12],
+        scale: 10.0,
+        center: true,
+        cosine: true,
+        linear_body: true,
+        task_center: true,
+        proto_start: true,
+    };
+    check(&features, TaskKind::Classification, &[(10, 2), (12, 4), (9, 3)], 2);
+    let plain = Architecture::Features {
+        dim: 12,
+        hidden: vec![],
+        scale: 2.0,
+        center: false,
+        cosine: false,
+        linear_body: false,
+        task_center: false,
+        proto_start: true,
+    };
+    check(&plain, TaskKind::Classification, &[(10, 2), (12, 4), (9, 3)], 0);
+    check(&plain, TaskKind::Classification, &[(10, 2), (12, 4), (9, 3)], 2);
 }
 
 #[test]
@@ -222,6 +261,7 @@ fn buckets_depend_on_the_counts_alone() {
         channels: 1,
         side: 28,
         hidden: 64,
+        proto_start: false,
     };
     assert_eq!(
         [1, 4, 5, 10, 64, 65, 100].map(|n| row_bucket(&mlp, n)),
