@@ -64,10 +64,33 @@ pub struct EvalArgs {
 }
 
 /// The labelled models of `args`: each folder's model and baselines, then the reference.
+/// Each model's label, with its folder added where two models share a
+/// name (rows and paired rows are keyed by label, so a shared one merged
+/// two models' rows in the table).
+fn unique_labels(models: &[(String, &std::path::Path)]) -> Vec<String> {
+    models
+        .iter()
+        .map(|(label, dir)| {
+            if models.iter().filter(|(l, _)| l == label).count() > 1 {
+                format!("{label} ({})", dir.display())
+            } else {
+                label.clone()
+            }
+        })
+        .collect()
+}
+
 fn models(args: &EvalArgs, device: &Device) -> anyhow::Result<Vec<(String, LoadedModel)>> {
     let mut all = Vec::new();
     for dir in &args.model {
         all.extend(model_and_baselines(dir, device)?);
+    }
+    let unique = {
+        let labels: Vec<(String, &std::path::Path)> = all.iter().map(|(l, m)| (l.clone(), m.dir.as_path())).collect();
+        unique_labels(&labels)
+    };
+    for ((label, _), u) in all.iter_mut().zip(unique) {
+        *label = u;
     }
     if let Some(path) = &args.reference {
         let first = &all.first().context("no model")?.1;
@@ -247,5 +270,24 @@ fn print_accuracy_table(all: &[EvalResult], tasks: usize, queries: usize) {
             })
             .collect();
         println!("| {l} | {} |", cells.join(" | "));
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::path::Path;
+
+    #[test]
+    fn models_of_one_name_get_their_folders_in_the_label() {
+        let models = [
+            ("omniglot".to_string(), Path::new("runs/a")),
+            ("maml".to_string(), Path::new("runs/a/baselines/maml")),
+            ("omniglot".to_string(), Path::new("models/omniglot")),
+        ];
+        assert_eq!(
+            unique_labels(&models),
+            ["omniglot (runs/a)", "maml", "omniglot (models/omniglot)"]
+        );
     }
 }
