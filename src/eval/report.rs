@@ -63,7 +63,6 @@ pub struct EvalArgs {
     pub threads: usize,
 }
 
-/// The labelled models of `args`: each folder's model and baselines, then the reference.
 /// Each model's label, with its folder added where two models share a
 /// name (rows and paired rows are keyed by label, so a shared one merged
 /// two models' rows in the table).
@@ -80,6 +79,7 @@ fn unique_labels(models: &[(String, &std::path::Path)]) -> Vec<String> {
         .collect()
 }
 
+/// The labelled models of `args`: each folder's model and baselines, then the reference.
 fn models(args: &EvalArgs, device: &Device) -> anyhow::Result<Vec<(String, LoadedModel)>> {
     let mut all = Vec::new();
     for dir in &args.model {

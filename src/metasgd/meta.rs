@@ -68,7 +68,9 @@ pub fn meta_loss_with(
     let theta = &crate::model::adapt::for_target(arch, theta, &ep.support_t)?;
     let rule = &rule.map_param_shaped(&|ts| crate::model::adapt::for_target(arch, ts, &ep.support_t))?;
     let cur: Vec<Tensor> = theta.iter().map(|p| p.broadcast_left(t)).collect::<Result<_>>()?;
-    let mut cur = arch.start_params(cur, &ep.support_x, ep.support_t.onehot(), None, usize::MAX)?;
+    let mut cur = arch.start_params(cur, &ep.support_x, ep.support_t.onehot(), None, usize::MAX, &mut || {
+        Ok(())
+    })?;
     let mut state = State::default();
     for k in 0..steps {
         // A zero variable added to each per-task parameter gives a node whose

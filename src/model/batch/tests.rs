@@ -205,7 +205,17 @@ fn features_classification_alone_equals_batched_bit_for_bit() {
 /// it) and a linear body.
 #[test]
 fn task_centered_features_alone_equal_batched_and_unpadded() {
-    let arch = Architecture::Features {
+    check(
+        &task_centered(false),
+        TaskKind::Classification,
+        &[(10, 2), (12, 4), (9, 3)],
+        2,
+    );
+}
+
+/// The shipped intents design: task centering, a linear body, a cosine head.
+fn task_centered(proto_start: bool) -> Architecture {
+    Architecture::Features {
         dim: 12,
         hidden: vec![12],
         scale: 10.0,
@@ -213,9 +223,8 @@ fn task_centered_features_alone_equal_batched_and_unpadded() {
         cosine: true,
         linear_body: true,
         task_center: true,
-        proto_start: false,
-    };
-    check(&arch, TaskKind::Classification, &[(10, 2), (12, 4), (9, 3)], 2);
+        proto_start,
+    }
 }
 
 /// The prototype start (`model::proto`): padded rows and classes count in
@@ -229,17 +238,12 @@ fn prototype_starts_alone_equal_batched_and_unpadded() {
         proto_start: true,
     };
     check(&conv, TaskKind::Classification, &[(6, 5), (6, 3), (6, 6)], 2);
-    let features = Architecture::Features {
-        dim: 12,
-        hidden: vec![12],
-        scale: 10.0,
-        center: true,
-        cosine: true,
-        linear_body: true,
-        task_center: true,
-        proto_start: true,
-    };
-    check(&features, TaskKind::Classification, &[(10, 2), (12, 4), (9, 3)], 2);
+    check(
+        &task_centered(true),
+        TaskKind::Classification,
+        &[(10, 2), (12, 4), (9, 3)],
+        2,
+    );
     let plain = Architecture::Features {
         dim: 12,
         hidden: vec![],
