@@ -512,46 +512,38 @@ pub(crate) mod tests {
     fn a_failing_check_stops_the_prototype_start() {
         let x = Tensor::rand(0f64, 1.0, (1, 13, 784), &Device::Cpu).unwrap();
         let (arch, theta, alpha, s) = conv4_f64(x, true);
-        let mut calls = 0;
-        let mut stop_at_second = || {
-            calls += 1;
-            if calls == 2 {
-                Err(candle_core::Error::Msg("cancelled".into()))
-            } else {
-                Ok(())
-            }
+        // 3 steps in chunks of 4 rows; `calls` counts the checks, and the
+        // `stop_at`-th one cancels.
+        let run = |stop_at: usize| {
+            let mut calls = 0;
+            let mut check = || {
+                calls += 1;
+                if calls == stop_at {
+                    Err(candle_core::Error::Msg("cancelled".into()))
+                } else {
+                    Ok(())
+                }
+            };
+            let rule = Rule::metasgd(&alpha);
+            let r = adapt_chunked(
+                &arch,
+                TaskKind::Classification,
+                &theta,
+                &rule,
+                InnerLoss::Mean,
+                &s,
+                3,
+                4,
+                &mut check,
+            );
+            (r.map(|_| ()), calls)
         };
-        let e = adapt_chunked(
-            &arch,
-            TaskKind::Classification,
-            &theta,
-            &Rule::metasgd(&alpha),
-            InnerLoss::Mean,
-            &s,
-            3,
-            4,
-            &mut stop_at_second,
-        )
-        .unwrap_err();
-        assert!(e.to_string().contains("cancelled"));
+        let (r, calls) = run(2);
+        assert!(r.unwrap_err().to_string().contains("cancelled"));
         assert_eq!(calls, 2, "stopped in the start's second chunk of four");
         // Run through: the start's 4 chunks, 3 steps of 4, the loss after's 4.
-        let mut calls = 0;
-        adapt_chunked(
-            &arch,
-            TaskKind::Classification,
-            &theta,
-            &Rule::metasgd(&alpha),
-            InnerLoss::Mean,
-            &s,
-            3,
-            4,
-            &mut || {
-                calls += 1;
-                Ok(())
-            },
-        )
-        .unwrap();
+        let (r, calls) = run(usize::MAX);
+        r.unwrap();
         assert_eq!(calls, 4 + 3 * 4 + 4);
     }
 
