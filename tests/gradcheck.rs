@@ -222,20 +222,27 @@ fn conv4_prototype_start_metagradient_matches_finite_differences() {
 }
 
 /// The text intents head: a class-shared head on feature vectors, plain
-/// and cosine, with a learned center and L2 normalization, and with a ReLU body.
+/// and cosine, with a learned center and L2 normalization, with a ReLU body,
+/// and with token buckets beside the embedding.
 #[test]
 fn features_head_metagradient_matches_finite_differences() {
-    for (hidden, center, cosine, linear_body, task_center, proto_start, seed) in [
-        (vec![4], false, false, false, false, false, 7),
-        (vec![], true, true, false, false, false, 8),
-        (vec![4], true, false, false, false, false, 9),
-        (vec![], false, true, false, false, false, 10),
-        (vec![6], true, true, true, false, false, 11),
-        (vec![], true, true, false, true, false, 12),
+    for (hidden, center, cosine, linear_body, task_center, proto_start, lexical, seed) in [
+        (vec![4], false, false, false, false, false, 0, 7),
+        (vec![], true, true, false, false, false, 0, 8),
+        (vec![4], true, false, false, false, false, 0, 9),
+        (vec![], false, true, false, false, false, 0, 10),
+        (vec![6], true, true, true, false, false, 0, 11),
+        (vec![], true, true, false, true, false, 0, 12),
         // The prototype start, on a plain head (its metric row is what θ
         // is then) and on the shipped intents design.
-        (vec![], false, false, false, false, true, 13),
-        (vec![6], true, true, true, true, true, 14),
+        (vec![], false, false, false, false, true, 0, 13),
+        (vec![6], true, true, true, true, true, 0, 14),
+        // Token buckets beside the embedding: on the intents design (the
+        // cosine head plus the buckets' dot product) and on a dot head.
+        (vec![6], true, true, true, true, false, 4, 15),
+        (vec![4], true, false, false, false, false, 3, 16),
+        // ... and with the prototype start on the embedding's part.
+        (vec![6], true, true, true, true, true, 4, 17),
     ] {
         let center_or_cosine = center || cosine || proto_start;
         let arch = Architecture::Features {
@@ -247,15 +254,17 @@ fn features_head_metagradient_matches_finite_differences() {
             linear_body,
             task_center,
             proto_start,
+            lexical,
         };
         // (A plain linear head with no body is left out: softmax ignores the
         // shared row w0·h, so its θ-gradient is exactly zero at any step count.)
         // A ReLU body's first step from the shared row gets no gradient, so
         // without center or cosine, θ matters from the second step on.
+        let input = 6 + lexical;
         if center_or_cosine {
-            check_problem(problem_for(arch.clone(), TaskKind::Classification, seed, 6, 3), 1);
+            check_problem(problem_for(arch.clone(), TaskKind::Classification, seed, input, 3), 1);
         }
-        check_problem(problem_for(arch, TaskKind::Classification, seed + 10, 6, 3), 2);
+        check_problem(problem_for(arch, TaskKind::Classification, seed + 10, input, 3), 2);
     }
 }
 

@@ -37,5 +37,6 @@ pub fn spec() -> EncoderSpec {
         normalize: true,
         max_tokens: 256,
         dim: 384,
+        lexical: 0,
     }
 }

@@ -9,6 +9,7 @@
 //! sentence-transformers does.
 
 pub mod cache;
+pub mod lexical;
 pub mod minilm;
 pub mod prefetch;
 pub mod runtime;
@@ -103,6 +104,8 @@ pub struct Tokens {
     pub ids: Vec<u32>,
     pub mask: Vec<u32>,
     pub type_ids: Vec<u32>,
+    /// 1 for the special tokens the tokenizer added (`[CLS]`, `[SEP]`).
+    pub special: Vec<u32>,
 }
 
 impl Encoder {
@@ -184,7 +187,7 @@ impl Encoder {
     fn batch_independent(&self) -> anyhow::Result<bool> {
         let short = "a short probe";
         let long = "a much longer probe sentence, padded beside the short one, about several unrelated things";
-        let d = self.spec.dim;
+        let d = self.spec.width();
         let alone = self.embed_uncached(&[short])?;
         let batched = self.embed_uncached(&[long, short])?;
         Ok(alone[..] == batched[d..2 * d])
@@ -212,18 +215,30 @@ impl Encoder {
                 ids: e.get_ids().to_vec(),
                 mask: e.get_attention_mask().to_vec(),
                 type_ids: e.get_type_ids().to_vec(),
+                special: e.get_special_tokens_mask().to_vec(),
             })
             .collect())
     }
 
-    /// One vector per text, row-major `[texts, dim]`: cached ones from the
+    /// Each text's own word-piece ids (special tokens left out), for
+    /// [`lexical`] buckets computed apart from the encoder.
+    pub fn content_ids(&self, texts: &[&str]) -> anyhow::Result<Vec<Vec<u32>>> {
+        Ok(self
+            .tokenize(texts)?
+            .iter()
+            .map(|t| lexical::content_ids(&t.ids, &t.special, &t.mask).collect())
+            .collect())
+    }
+
+    /// One vector per text, row-major `[texts, width]` (the embedding, then
+    /// any token buckets): cached ones from the
     /// cache, the others (each distinct text once) encoded in batches,
     /// shared with other requests' texts where that changes no bits.
     pub fn embed(&self, texts: &[&str]) -> anyhow::Result<Vec<f32>> {
         let Some(cache) = &self.cache else {
             return self.encode(texts);
         };
-        let d = self.spec.dim;
+        let d = self.spec.width();
         let mut out = vec![0f32; texts.len() * d];
         let mut missing: Vec<&str> = Vec::new();
         let mut wanted: std::collections::HashMap<&str, Vec<usize>> = std::collections::HashMap::new();
@@ -263,14 +278,14 @@ impl Encoder {
     /// Encodes `texts` (no cache), sharing calls across requests when safe.
     fn encode(&self, texts: &[&str]) -> anyhow::Result<Vec<f32>> {
         match &self.shared {
-            Some(s) => s.embed(texts, self.spec.dim, &|all| self.embed_uncached(all)),
+            Some(s) => s.embed(texts, self.spec.width(), &|all| self.embed_uncached(all)),
             None => self.embed_uncached(texts),
         }
     }
 
     /// [`Encoder::embed`] without the cache, in this caller's own calls.
     pub fn embed_uncached(&self, texts: &[&str]) -> anyhow::Result<Vec<f32>> {
-        let mut out = Vec::with_capacity(texts.len() * self.spec.dim);
+        let mut out = Vec::with_capacity(texts.len() * self.spec.width());
         for chunk in texts.chunks(self.batch) {
             let tokens = self.tokenize(chunk)?;
             out.extend(self.run(&tokens)?);
@@ -324,7 +339,17 @@ impl Encoder {
                 row.iter_mut().for_each(|x| *x /= n);
             }
         }
-        Ok(v)
+        if self.spec.lexical == 0 {
+            return Ok(v);
+        }
+        let w = self.spec.width();
+        let mut out = vec![0f32; b * w];
+        for (i, t) in tokens.iter().enumerate() {
+            let row = &mut out[i * w..(i + 1) * w];
+            row[..d].copy_from_slice(&v[i * d..(i + 1) * d]);
+            lexical::mark(lexical::content_ids(&t.ids, &t.special, &t.mask), &mut row[d..]);
+        }
+        Ok(out)
     }
 }
 

@@ -4,6 +4,8 @@ pub mod report;
 
 use std::path::Path;
 
+use anyhow::Context;
+
 use candle_core::{DType, Device, D};
 use rand::SeedableRng;
 use rand_chacha::ChaCha8Rng;
@@ -13,7 +15,7 @@ use candle_core::Tensor;
 
 use crate::model::adapt::{adapt_with, Support};
 use crate::model::rule::Rule;
-use crate::model::{load_model, loss_per_task, Architecture, InnerLoss, LoadedModel, Target, TaskKind};
+use crate::model::{load_model, loss_per_task, Architecture, InnerLoss, LoadedModel, Manifest, Target, TaskKind};
 use crate::tasks::Episode;
 use crate::tasks::TaskFamily;
 
@@ -132,6 +134,21 @@ pub fn episode_losses(
         _ => None,
     };
     Ok((per_task.to_dtype(DType::F64)?.to_vec1::<f64>()?, acc))
+}
+
+/// `fam` with the inputs `m` takes, when they differ (a text model with
+/// token buckets); `None`: `fam` itself. The tasks drawn stay the same.
+pub fn inputs_for(fam: &dyn TaskFamily, m: &Manifest) -> anyhow::Result<Option<Box<dyn TaskFamily>>> {
+    match m.encoder.as_ref().map_or(0, |e| e.lexical) {
+        0 => Ok(None),
+        b => Ok(Some(fam.with_lexical(b).with_context(|| {
+            format!(
+                "{} takes token buckets, which family {} has no texts for",
+                m.name,
+                fam.name()
+            )
+        })?)),
+    }
 }
 
 /// Evaluates `model` at `spec`, once per shot count in `shots`: a result

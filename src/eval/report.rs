@@ -151,6 +151,9 @@ pub fn run(args: EvalArgs) -> anyhow::Result<()> {
         // count, to pair each baseline with.
         let mut first_accs: Vec<Vec<(String, Vec<f64>)>> = Vec::new();
         for (i, (label, m)) in models.iter().enumerate() {
+            // The same episodes, with the inputs this model takes.
+            let widened = super::inputs_for(fam.as_ref(), &m.manifest)?;
+            let own: &dyn crate::tasks::TaskFamily = widened.as_deref().unwrap_or(fam.as_ref());
             let steps = if args.steps.is_empty() {
                 vec![m.manifest.default_steps]
             } else {
@@ -163,7 +166,7 @@ pub fn run(args: EvalArgs) -> anyhow::Result<()> {
                 } else {
                     label.clone()
                 };
-                let rows = evaluate(m, &name, fam.as_ref(), &args.shots, spec, &device)?;
+                let rows = evaluate(m, &name, own, &args.shots, spec, &device)?;
                 if i == 0 {
                     // The model's own accuracies against the centroid's, same episodes.
                     for ((r, accs), (_, c)) in rows.iter().zip(&centroid_rows) {
@@ -190,14 +193,7 @@ pub fn run(args: EvalArgs) -> anyhow::Result<()> {
             }
             if args.zero_steps {
                 let spec = EvalSpec { steps: 0, ..base };
-                let rows = evaluate(
-                    m,
-                    &format!("{label} (0 steps)"),
-                    fam.as_ref(),
-                    &args.shots,
-                    spec,
-                    &device,
-                )?;
+                let rows = evaluate(m, &format!("{label} (0 steps)"), own, &args.shots, spec, &device)?;
                 all.extend(rows.into_iter().map(|(r, _)| r));
             }
         }

@@ -96,6 +96,16 @@ pub struct TrainConfig {
     #[arg(long)]
     #[serde(default)]
     pub proto_start: Option<f64>,
+    /// For text models: append this many token buckets to each embedding
+    /// (`encoder::lexical`), with one head weight per bucket. 0: none.
+    #[arg(long, default_value_t = 0)]
+    #[serde(default)]
+    pub lexical: usize,
+    /// Meta-SGD: the constant α of the head's token-bucket weights (with
+    /// `--lexical`; default: as the rest of the head's).
+    #[arg(long)]
+    #[serde(default)]
+    pub alpha_lexical: Option<f64>,
     /// Output model folder (checkpoints are kept there too).
     #[arg(long)]
     pub out: PathBuf,

@@ -85,10 +85,18 @@ pub fn init_alpha(
         } else {
             None
         };
-        let a = match constant {
+        let mut a = match constant {
             Some(c) => Tensor::full(c as f32, spec.shape.as_slice(), device)?,
             None => Tensor::from_vec(v, spec.shape.as_slice(), device)?,
         };
+        if let (Some(c), "head.weight", true) = (cfg.alpha_lexical, spec.name.as_str(), cfg.lexical > 0) {
+            // The row's last `lexical` values weigh the token buckets.
+            let f = spec.shape[1] - cfg.lexical;
+            a = Tensor::cat(
+                &[a.narrow(1, 0, f)?, Tensor::full(c as f32, (1, cfg.lexical), device)?],
+                1,
+            )?;
+        }
         alpha.push(if cfg.per_tensor { a.mean_all()? } else { a });
     }
     if let (true, Some(init)) = (cfg.init_alpha, &cfg.init) {

@@ -308,16 +308,31 @@ fn manifest_for(cfg: &TrainConfig, fam: &dyn TaskFamily) -> anyhow::Result<Manif
         cosine,
         linear_body,
         task_center,
+        lexical,
         ..
     } = &mut manifest.architecture
     {
+        *lexical = cfg.lexical;
         *task_center = cfg.task_center;
         hidden.clone_from(&cfg.hidden);
         *center = cfg.center;
         *cosine = cfg.cosine;
         *linear_body = cfg.linear_body;
-    } else if !cfg.hidden.is_empty() || cfg.center || cfg.cosine || cfg.linear_body || cfg.task_center {
-        bail!("--hidden applies to feature-vector models only");
+    } else if !cfg.hidden.is_empty()
+        || cfg.center
+        || cfg.cosine
+        || cfg.linear_body
+        || cfg.task_center
+        || cfg.lexical > 0
+    {
+        bail!("--hidden, --center, --cosine, --linear-body, --task-center and --lexical apply to feature-vector models only");
+    }
+    if cfg.lexical > 0 {
+        let Some(enc) = manifest.encoder.as_mut() else {
+            bail!("--lexical applies to text models only");
+        };
+        enc.lexical = cfg.lexical;
+        manifest.input.shape = vec![enc.width()];
     }
     manifest.update_rule = cfg.rule;
     manifest.inner_grad_clip = cfg.inner_grad_clip;
@@ -334,7 +349,12 @@ fn manifest_for(cfg: &TrainConfig, fam: &dyn TaskFamily) -> anyhow::Result<Manif
 
 /// Runs (or resumes) a training run and writes the finished model into `cfg.out`.
 pub fn train(cfg: TrainConfig, device: &Device) -> anyhow::Result<()> {
-    let (fam, val_fam) = families(&cfg.task, cfg.data.as_deref(), cfg.n_way)?;
+    let (mut fam, mut val_fam) = families(&cfg.task, cfg.data.as_deref(), cfg.n_way)?;
+    if cfg.lexical > 0 {
+        let none = || anyhow::anyhow!("--lexical applies to text families only");
+        fam = fam.with_lexical(cfg.lexical).ok_or_else(none)?;
+        val_fam = val_fam.with_lexical(cfg.lexical).ok_or_else(none)?;
+    }
     if cfg.order == Order::Second && cfg.method != Method::Reptile && !super::meta::second_order_available() {
         bail!("second order needs CANDLE_GRAD_DO_NOT_DETACH=1 before the first backward (the train command sets it)");
     }
@@ -365,7 +385,8 @@ pub fn train(cfg: TrainConfig, device: &Device) -> anyhow::Result<()> {
         if center && task_center {
             theta[0] = theta[0].zeros_like()?;
         } else if center {
-            theta[0] = mean_input(fam.as_ref(), &cfg, device)?;
+            // (The embedding's part of the inputs: token buckets follow it.)
+            theta[0] = mean_input(fam.as_ref(), &cfg, device)?.narrow(0, 0, theta[0].dim(0)?)?;
         }
         if linear_body {
             identity_body(&arch, &mut theta, device)?;

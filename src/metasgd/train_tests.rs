@@ -23,6 +23,8 @@ fn cfg(out: &Path, iters: u64) -> TrainConfig {
         linear_body: false,
         task_center: false,
         proto_start: None,
+        lexical: 0,
+        alpha_lexical: None,
         alpha_body: None,
         body_lr: 1.0,
         out: out.to_path_buf(),

@@ -278,6 +278,53 @@ pub(crate) mod tests {
         assert!((a.loss_before[0] - r * r).abs() < 1e-4);
     }
 
+    /// Two classes whose embeddings are the same and whose texts differ in
+    /// one word ("on" / "off"): from the class-shared row they score alike;
+    /// one step moves each class's bucket weights by α∘(its buckets − the
+    /// other's)/N, so the query's own word decides.
+    #[test]
+    fn one_step_tells_apart_classes_only_their_token_buckets_separate() {
+        let dev = Device::Cpu;
+        let arch = Architecture::Features {
+            dim: 2,
+            hidden: vec![],
+            scale: 1.0,
+            center: false,
+            cosine: true,
+            linear_body: false,
+            task_center: false,
+            proto_start: false,
+            lexical: 3,
+        };
+        // (scale 1: the buckets' logits are scaled as the cosine's.)
+        let theta = vec![
+            Tensor::new(&[[1f32, 0.0, 0.0, 0.0, 0.0]], &dev).unwrap(),
+            Tensor::new(&[0f32], &dev).unwrap(),
+        ];
+        let alpha: Vec<Tensor> = theta.iter().map(|t| t.ones_like().unwrap()).collect();
+        // Buckets: 0 = "turn", 1 = "on", 2 = "off"; the embedding is the same.
+        let x = |on: bool| [0.6f32, 0.8, 1.0, on as u8 as f32, !on as u8 as f32];
+        let support = Support {
+            x: Tensor::new(&[[x(true), x(false)]], &dev).unwrap(),
+            target: Target::OneHot(Tensor::new(&[[[1f32, 0.0], [0.0, 1.0]]], &dev).unwrap()),
+        };
+        let a = adapt(
+            &arch,
+            TaskKind::Classification,
+            &theta,
+            &Rule::metasgd(&alpha),
+            &support,
+            1,
+        )
+        .unwrap();
+        assert!((a.loss_before[0] - 2f32.ln()).abs() < 1e-6, "alike before the step");
+        let queries = Tensor::new(&[[x(false), x(true)]], &dev).unwrap();
+        let logits = arch.forward(&a.params, &queries).unwrap().to_vec3::<f32>().unwrap();
+        // Each class's "on"/"off" weight moved by ±1·(1 − ½)/2 = ±0.25.
+        assert!((logits[0][0][1] - logits[0][0][0] - 0.5).abs() < 1e-5, "{logits:?}");
+        assert!((logits[0][1][0] - logits[0][1][1] - 0.5).abs() < 1e-5, "{logits:?}");
+    }
+
     #[test]
     fn chunked_gradients_and_predictions_agree_with_unchunked() {
         let dev = Device::Cpu;

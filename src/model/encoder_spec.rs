@@ -55,4 +55,20 @@ pub struct EncoderSpec {
     pub max_tokens: usize,
     /// The vector size.
     pub dim: usize,
+    /// Token buckets appended after the `dim` values (`crate::encoder::lexical`):
+    /// 1 where some word-piece of the text (special tokens left out) has an
+    /// id ≡ the bucket modulo `lexical`; 0: none.
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub lexical: usize,
+}
+
+fn is_zero(n: &usize) -> bool {
+    *n == 0
+}
+
+impl EncoderSpec {
+    /// The values per text: the embedding, then the token buckets.
+    pub fn width(&self) -> usize {
+        self.dim + self.lexical
+    }
 }

@@ -127,23 +127,23 @@ impl Manifest {
         }
         match (self.input.kind, &self.architecture) {
             (InputKind::Vector, Architecture::Mlp { .. } | Architecture::Features { .. }) => {}
-            (InputKind::Text, Architecture::Features { dim, .. }) if self.input.shape == [*dim] => {}
+            (InputKind::Text, Architecture::Features { .. }) if self.input.shape == [self.architecture.input_dim()] => {}
             (InputKind::Image, Architecture::Conv4 { channels: 1, side, .. })
                 if self.input.shape == [1, *side, *side] => {}
             (kind, arch) => {
                 return Err(format!(
                     "input kind {kind:?} with shape {:?} does not fit the architecture {arch:?} \
-                     (vector inputs need an mlp or features; text inputs need features with shape [dim]; image inputs need a conv4 with 1 channel and shape [1, side, side])",
+                     (vector inputs need an mlp or features; text inputs need features with shape [dim + lexical]; image inputs need a conv4 with 1 channel and shape [1, side, side])",
                     self.input.shape
                 ))
             }
         }
         match (self.input.kind, &self.encoder) {
             (InputKind::Text, None) => return Err("text inputs need an `encoder`".into()),
-            (InputKind::Text, Some(e)) if e.dim != self.architecture.input_dim() => {
+            (InputKind::Text, Some(e)) if e.width() != self.architecture.input_dim() => {
                 return Err(format!(
                     "the encoder gives {} values but the architecture takes {}",
-                    e.dim,
+                    e.width(),
                     self.architecture.input_dim()
                 ))
             }

@@ -20,7 +20,7 @@ pub mod rule;
 pub mod rule_names;
 pub mod store;
 
-use candle_core::{Result, Tensor};
+use candle_core::{Result, Tensor, D};
 use serde::{Deserialize, Serialize};
 
 use layers::{linear, per_task_rows, unit_rows};
@@ -68,6 +68,16 @@ pub enum Architecture {
     /// cosine head makes that step's classifier independent of the class count.
     /// With `proto_start`, each task's rows start at its class prototypes
     /// instead ([`proto`]).
+    ///
+    /// With `lexical` > 0 the input is the embedding (`dim` values) followed
+    /// by that many token buckets (`crate::encoder::lexical`); the buckets
+    /// bypass the center and the body, and the head row holds one weight per
+    /// bucket after the body's: class c scores
+    /// `scale · cos(w_c, h) + v_c·t + b_c` (`scale · (w_c·h + v_c·t) + b_c`
+    /// without `cosine`), so each step
+    /// moves a class's bucket weights by α∘(its support's buckets − the
+    /// others'): which words tell two intents apart, learned per task at
+    /// meta-learned per-bucket rates.
     Features {
         dim: usize,
         #[serde(default)]
@@ -84,7 +94,13 @@ pub enum Architecture {
         task_center: bool,
         #[serde(default, skip_serializing_if = "std::ops::Not::not")]
         proto_start: bool,
+        #[serde(default, skip_serializing_if = "is_zero")]
+        lexical: usize,
     },
+}
+
+fn is_zero(n: &usize) -> bool {
+    *n == 0
 }
 
 fn one() -> f64 {
@@ -129,7 +145,11 @@ impl Architecture {
                 v
             }
             Architecture::Features {
-                dim, hidden, center, ..
+                dim,
+                hidden,
+                center,
+                lexical,
+                ..
             } => {
                 let mut sizes = vec![*dim];
                 sizes.extend(hidden);
@@ -143,7 +163,7 @@ impl Architecture {
                 v.extend(Architecture::Mlp { sizes: sizes.clone() }.params());
                 v.push(ParamSpec {
                     name: "head.weight".into(),
-                    shape: vec![1, *sizes.last().unwrap_or(dim)],
+                    shape: vec![1, *sizes.last().unwrap_or(dim) + lexical],
                 });
                 v.push(ParamSpec {
                     name: "head.bias".into(),
@@ -181,7 +201,7 @@ impl Architecture {
         match self {
             Architecture::Mlp { sizes } => sizes[0],
             Architecture::Conv4 { channels, side, .. } => channels * side * side,
-            Architecture::Features { dim, .. } => *dim,
+            Architecture::Features { dim, lexical, .. } => dim + lexical,
         }
     }
 
@@ -296,7 +316,12 @@ impl Architecture {
         rows: usize,
         check: &mut dyn FnMut() -> Result<()>,
     ) -> Result<Vec<Tensor>> {
-        if let Architecture::Features { task_center: true, .. } = self {
+        if let Architecture::Features {
+            task_center: true, dim, ..
+        } = self
+        {
+            let x = x.narrow(2, 0, *dim)?;
+            let x = &x;
             let mean = match weights {
                 None => x.mean(1)?,
                 Some(w) => x
@@ -322,11 +347,39 @@ impl Architecture {
                     cosine: false,
                 },
             };
-            let (w, b) = proto::start(&params[k - 2], &params[k - 1], &h, onehot, weights, kind)?;
-            params[k - 2] = w;
-            params[k - 1] = b;
+            let lexical = self.lexical();
+            if lexical == 0 {
+                let (w, b) = proto::start(&params[k - 2], &params[k - 1], &h, onehot, weights, kind)?;
+                params[k - 2] = w;
+                params[k - 1] = b;
+            } else {
+                // The embedding's part starts at the prototypes; the token
+                // buckets' weights at the shared row, as without the start.
+                let f = h.dim(2)? - lexical;
+                let w0 = &params[k - 2];
+                let (w, b) = proto::start(
+                    &w0.narrow(D::Minus1, 0, f)?,
+                    &params[k - 1],
+                    &h.narrow(2, 0, f)?,
+                    onehot,
+                    weights,
+                    kind,
+                )?;
+                let (t, c, _) = w.dims3()?;
+                let v = w0.narrow(D::Minus1, f, lexical)?.broadcast_as((t, c, lexical))?;
+                params[k - 2] = Tensor::cat(&[&w, &v], 2)?;
+                params[k - 1] = b;
+            }
         }
         Ok(params)
+    }
+
+    /// Token buckets after a feature model's embedding (0: none).
+    pub fn lexical(&self) -> usize {
+        match self {
+            Architecture::Features { lexical, .. } => *lexical,
+            _ => 0,
+        }
     }
 
     /// True when adaptation starts the head at the class prototypes.
@@ -339,7 +392,7 @@ impl Architecture {
 
     /// What the head sees, `[T, N, F]`: the conv4's normalized features, or
     /// a feature model's centered, normalized and body-mapped vector (for a
-    /// cosine head, before its own normalization). `params` are the body's
+    /// cosine head, before its own normalization), then any token buckets. `params` are the body's
     /// (the head's two tensors may follow; they are not read).
     pub fn embed(&self, params: &[Tensor], x: &Tensor) -> Result<Tensor> {
         match self {
@@ -347,11 +400,17 @@ impl Architecture {
                 conv::l2_normalize(&conv::body(&params[..8], x, *channels, *side)?)
             }
             Architecture::Features {
+                dim,
                 hidden,
                 center,
                 linear_body,
+                lexical,
                 ..
             } => {
+                let (x, tokens) = match lexical {
+                    0 => (x.clone(), None),
+                    _ => (x.narrow(2, 0, *dim)?, Some(x.narrow(2, *dim, *lexical)?)),
+                };
                 let (mut h, params) = if *center {
                     (unit_rows(&x.broadcast_sub(&per_task_rows(&params[0])?)?)?, &params[1..])
                 } else {
@@ -363,16 +422,46 @@ impl Architecture {
                         h = h.relu()?;
                     }
                 }
-                Ok(h)
+                match tokens {
+                    None => Ok(h),
+                    Some(t) => Tensor::cat(&[&h, &t], 2),
+                }
             }
             Architecture::Mlp { .. } => Ok(x.clone()),
         }
     }
 
     /// The head's logits from what it sees: `scale · h·w_c + b_c`, or with
-    /// `cosine`, `scale · cos(w_c, h) + b_c` (conv4: scale 1, no cosine).
+    /// `cosine`, `scale · cos(w_c, h) + b_c` (conv4: scale 1, no cosine);
+    /// token buckets add `v_c·t` (the cosine head) or are scaled with `h`.
     pub fn head(&self, h: &Tensor, w: &Tensor, b: &Tensor) -> Result<Tensor> {
         match self {
+            Architecture::Features {
+                scale,
+                cosine: true,
+                lexical,
+                ..
+            } if *lexical > 0 => {
+                let f = h.dim(2)? - lexical;
+                let wf = w.dim(D::Minus1)? - lexical;
+                // scale · cos(w_c, h) + v_c·t + b_c: one matmul over the
+                // scaled, normalized embedding part and the buckets side by side.
+                let hw = Tensor::cat(
+                    &[
+                        &unit_rows(&h.narrow(2, 0, f)?)?.affine(*scale, 0.0)?,
+                        &h.narrow(2, f, *lexical)?,
+                    ],
+                    2,
+                )?;
+                let ww = Tensor::cat(
+                    &[
+                        &unit_rows(&w.narrow(D::Minus1, 0, wf)?)?,
+                        &w.narrow(D::Minus1, wf, *lexical)?,
+                    ],
+                    w.rank() - 1,
+                )?;
+                linear(&hw, &ww, b)
+            }
             Architecture::Features { scale, cosine, .. } => {
                 let (h, w) = if *cosine {
                     (unit_rows(h)?, unit_rows(w)?)
@@ -503,6 +592,36 @@ mod tests {
             .collect();
         let y0 = (0..4).map(|j| w2[0][j] * h[j]).sum::<f32>() + b2[0];
         assert!((shared.to_vec3::<f32>().unwrap()[0][0][0] - y0).abs() < 1e-5);
+    }
+
+    /// The buckets bypass the center and the body: the cosine head scores
+    /// `scale · cos(w_c, h) + v_c·t + b_c`.
+    #[test]
+    fn token_buckets_add_a_dot_product_to_the_cosine_head() {
+        let dev = Device::Cpu;
+        let arch = Architecture::Features {
+            dim: 2,
+            hidden: vec![],
+            scale: 10.0,
+            center: true,
+            cosine: true,
+            linear_body: false,
+            task_center: false,
+            proto_start: false,
+            lexical: 3,
+        };
+        assert_eq!(arch.input_dim(), 5);
+        let center = Tensor::new(&[1f32, 0.0], &dev).unwrap();
+        // Two classes' rows: the embedding's weights, then the buckets'.
+        let w = Tensor::new(&[[[0f32, 2.0, 0.5, -1.0, 0.0], [3.0, 0.0, 0.0, 2.0, 7.0]]], &dev).unwrap();
+        let b = Tensor::new(&[[0.25f32, -0.5]], &dev).unwrap();
+        let x = Tensor::new(&[[[1f32, 3.0, 1.0, 1.0, 0.0]]], &dev).unwrap();
+        let y = arch.forward(&[center, w, b], &x).unwrap().to_vec3::<f32>().unwrap();
+        // x − center = (0, 3), unit (0, 1): cos with (0, 2) is 1, with (3, 0) is 0.
+        let want = [10.0 + 0.5 - 1.0 + 0.25, 0.0 + 2.0 - 0.5];
+        for (got, want) in y[0][0].iter().zip(want) {
+            assert!((got - want).abs() < 1e-5, "{got} vs {want}");
+        }
     }
 
     #[test]

@@ -27,11 +27,31 @@ pub struct IntentData {
     pub rows: Vec<Vec<usize>>,
     /// Row-major `[texts, dim]`.
     pub embeddings: Vec<f32>,
+    /// Per text: its word-piece ids, special tokens left out (for token buckets).
+    pub tokens: Vec<Vec<u32>>,
 }
 
 impl IntentData {
     pub fn embedding(&self, row: usize) -> &[f32] {
         &self.embeddings[row * self.dim..(row + 1) * self.dim]
+    }
+
+    /// The same utterances with `buckets` token buckets after each
+    /// embedding, as an encoder with `lexical: buckets` gives them.
+    pub fn with_lexical(&self, buckets: usize) -> IntentData {
+        let w = self.dim + buckets;
+        let mut embeddings = vec![0f32; self.tokens.len() * w];
+        for (i, row) in embeddings.chunks_mut(w).enumerate() {
+            row[..self.dim].copy_from_slice(self.embedding(i));
+            crate::encoder::lexical::mark(self.tokens[i].iter().copied(), &mut row[self.dim..]);
+        }
+        IntentData {
+            dim: w,
+            intents: self.intents.clone(),
+            rows: self.rows.clone(),
+            embeddings,
+            tokens: self.tokens.clone(),
+        }
     }
 }
 
@@ -123,11 +143,13 @@ pub fn embed(utterances: Vec<(String, String)>, encoder: &Encoder, cache: &Path)
     for (i, (_, intent)) in utterances.iter().enumerate() {
         by_intent.entry(intent.clone()).or_default().push(i);
     }
+    let refs: Vec<&str> = texts.iter().map(String::as_str).collect();
     Ok(IntentData {
         dim,
         intents: by_intent.keys().cloned().collect(),
         rows: by_intent.into_values().collect(),
         embeddings,
+        tokens: encoder.content_ids(&refs)?,
     })
 }
 

@@ -33,4 +33,9 @@ pub trait TaskFamily: Send + Sync {
     fn with_n_way(&self, _n: usize) -> Option<Box<dyn TaskFamily>> {
         None
     }
+    /// The same tasks with `buckets` token buckets after each input (text
+    /// families; the encoder's `lexical`).
+    fn with_lexical(&self, _buckets: usize) -> Option<Box<dyn TaskFamily>> {
+        None
+    }
 }

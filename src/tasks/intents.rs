@@ -103,6 +103,14 @@ impl TaskFamily for IntentTasks {
         }))
     }
 
+    fn with_lexical(&self, buckets: usize) -> Option<Box<dyn TaskFamily>> {
+        Some(Box::new(IntentTasks {
+            data: Arc::new(self.data.with_lexical(buckets)),
+            n_way: self.n_way,
+            family: self.family,
+        }))
+    }
+
     fn manifest(&self, name: &str) -> Manifest {
         let spec = minilm::spec();
         Manifest {
@@ -124,6 +132,7 @@ impl TaskFamily for IntentTasks {
                 linear_body: false,
                 task_center: false,
                 proto_start: false,
+                lexical: 0,
             },
             n_way: Some(MAX_WAY),
             default_steps: 1,

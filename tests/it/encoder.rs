@@ -149,3 +149,44 @@ fn cached_embeddings_are_the_bits_a_fresh_batch_gives() {
     assert_eq!(mixed[2 * 384..3 * 384], first[..384]);
     assert_eq!(enc.cache_usage().unwrap().0, 3);
 }
+
+/// An encoder with token buckets (`lexical`) gives the embedding, then the
+/// buckets of the text's own word-pieces: the rows training and `eval`
+/// build from the embedding cache and the token ids
+/// (`IntentData::with_lexical`), bit for bit, cached or not. "on" and "off"
+/// embed close together, and their buckets tell them apart.
+#[test]
+fn token_buckets_follow_the_embedding_as_training_builds_them() {
+    let mut spec = minilm::spec();
+    spec.lexical = 64;
+    let opts = EncoderOptions {
+        threads: 2,
+        cache_bytes: 1 << 20,
+        ..Default::default()
+    };
+    let enc = Encoder::load(&spec, std::path::Path::new("."), &opts).unwrap();
+    let texts = ["turn the lights on", "turn the lights off", "turn the lights on"];
+    let got = enc.embed(&texts).unwrap();
+    assert_eq!(got.len(), 3 * (384 + 64));
+    let data = metasgd::tasks::clinc::IntentData {
+        dim: 384,
+        intents: vec!["x".into()],
+        rows: vec![vec![0, 1, 2]],
+        embeddings: encoder().embed(&texts).unwrap(),
+        tokens: encoder().content_ids(&texts).unwrap(),
+    }
+    .with_lexical(64);
+    assert_eq!(got, data.embeddings);
+    let buckets = |i: usize| -> Vec<usize> { (0..64).filter(|&j| got[i * 448 + 384 + j] == 1.0).collect() };
+    // [CLS] turn the lights on [SEP]: four word-pieces, no special token.
+    let ids = encoder().content_ids(&texts[..1]).unwrap().remove(0);
+    assert_eq!(ids.len(), 4);
+    assert!(!ids.contains(&101) && !ids.contains(&102));
+    assert_ne!(buckets(0), buckets(1), "on and off land in different buckets");
+    assert!(cosine(&got[..384], &got[448..448 + 384]) > 0.8);
+    assert_eq!(
+        enc.embed(&texts[2..]).unwrap(),
+        got[..448],
+        "cached rows are the same bits"
+    );
+}

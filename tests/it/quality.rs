@@ -93,7 +93,9 @@ fn shipped_intents_model_classifies_intents_of_held_out_scenarios() {
         queries: 5,
         seed: 777, // not the seed of the published evaluation
     };
-    let (_, acc) = task_losses(&model, fam.as_ref(), spec, &Device::Cpu).unwrap();
+    // The same episodes with the inputs the model takes (token buckets, if any).
+    let own = metasgd::eval::inputs_for(fam.as_ref(), &model.manifest).unwrap();
+    let (_, acc) = task_losses(&model, own.as_deref().unwrap_or(fam.as_ref()), spec, &Device::Cpu).unwrap();
     let acc = acc.unwrap();
     let centroid = centroid_accuracies(fam.as_ref(), None, spec, &Device::Cpu).unwrap();
     let (a, ci) = mean_ci95(&acc);

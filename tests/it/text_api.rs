@@ -43,7 +43,7 @@ async fn intent_session_from_five_examples_each_classifies_new_utterances() {
     let s = TestServer::with_models(shipped_models()).await;
     let (st, info) = s.get("/v1/models/intents").await;
     assert_eq!(st, 200, "{info}");
-    assert_eq!(info["input"], json!({"kind": "text", "shape": [384]}));
+    assert_eq!(info["input"], json!({"kind": "text", "shape": [384 + 1024]}));
 
     let (mut inputs, mut labels) = (vec![], vec![]);
     for (intent, texts) in &ex {

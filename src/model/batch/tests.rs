@@ -197,6 +197,7 @@ fn features_classification_alone_equals_batched_bit_for_bit() {
         linear_body: false,
         task_center: false,
         proto_start: false,
+        lexical: 0,
     };
     check(&arch, TaskKind::Classification, &[(10, 2), (12, 4), (9, 3)], 2);
 }
@@ -206,15 +207,28 @@ fn features_classification_alone_equals_batched_bit_for_bit() {
 #[test]
 fn task_centered_features_alone_equal_batched_and_unpadded() {
     check(
-        &task_centered(false),
+        &task_centered(false, 0),
         TaskKind::Classification,
         &[(10, 2), (12, 4), (9, 3)],
         2,
     );
 }
 
-/// The shipped intents design: task centering, a linear body, a cosine head.
-fn task_centered(proto_start: bool) -> Architecture {
+/// Token buckets beside the embedding: the center's mean and the body read
+/// the embedding's part of each padded row only.
+#[test]
+fn token_buckets_alone_equal_batched_and_unpadded() {
+    check(
+        &task_centered(false, 5),
+        TaskKind::Classification,
+        &[(10, 2), (12, 4), (9, 3)],
+        2,
+    );
+}
+
+/// The shipped intents design: task centering, a linear body, a cosine head
+/// (with `lexical` token buckets beside the embedding).
+fn task_centered(proto_start: bool, lexical: usize) -> Architecture {
     Architecture::Features {
         dim: 12,
         hidden: vec![12],
@@ -224,11 +238,13 @@ fn task_centered(proto_start: bool) -> Architecture {
         linear_body: true,
         task_center: true,
         proto_start,
+        lexical,
     }
 }
 
 /// The prototype start (`model::proto`): padded rows and classes count in
-/// no class mean, on the conv4 and on the task-centered cosine head.
+/// no class mean, on the conv4 and on the task-centered cosine head (with
+/// and without token buckets).
 #[test]
 fn prototype_starts_alone_equal_batched_and_unpadded() {
     let conv = Architecture::Conv4 {
@@ -238,12 +254,14 @@ fn prototype_starts_alone_equal_batched_and_unpadded() {
         proto_start: true,
     };
     check(&conv, TaskKind::Classification, &[(6, 5), (6, 3), (6, 6)], 2);
-    check(
-        &task_centered(true),
-        TaskKind::Classification,
-        &[(10, 2), (12, 4), (9, 3)],
-        2,
-    );
+    for lexical in [0, 5] {
+        check(
+            &task_centered(true, lexical),
+            TaskKind::Classification,
+            &[(10, 2), (12, 4), (9, 3)],
+            2,
+        );
+    }
     let plain = Architecture::Features {
         dim: 12,
         hidden: vec![],
@@ -253,6 +271,7 @@ fn prototype_starts_alone_equal_batched_and_unpadded() {
         linear_body: false,
         task_center: false,
         proto_start: true,
+        lexical: 0,
     };
     check(&plain, TaskKind::Classification, &[(10, 2), (12, 4), (9, 3)], 0);
     check(&plain, TaskKind::Classification, &[(10, 2), (12, 4), (9, 3)], 2);
