@@ -119,15 +119,18 @@ fn profile(arch: &Architecture) -> Profile {
                 act_bytes: CONV_OVERHEAD * F32 * (acts + 4 * feat) as u64,
             }
         }
-        Architecture::Features { dim, hidden, .. } => {
+        Architecture::Features {
+            dim, hidden, lexical, ..
+        } => {
             let mut sizes = vec![*dim];
             sizes.extend(hidden);
             let fwd: usize = sizes.windows(2).map(|w| 2 * w[0] * w[1]).sum::<usize>() + 4 * dim;
-            let last = *sizes.last().unwrap_or(dim);
+            // The head reads the body's output and any token buckets beside it.
+            let head = sizes.last().unwrap_or(dim) + lexical;
             Profile {
                 fwd_flops: fwd as f64,
-                head_flops_per_class: 2.0 * last as f64,
-                act_bytes: 6 * F32 * sizes.iter().sum::<usize>() as u64,
+                head_flops_per_class: 2.0 * head as f64,
+                act_bytes: 6 * F32 * (sizes.iter().sum::<usize>() + 2 * lexical) as u64,
             }
         }
     }
@@ -307,6 +310,24 @@ mod tests {
         let (off, on) = (with(false), with(true));
         let body = profile(&omniglot().architecture).fwd_flops;
         assert!((on - off - 100.0 * body).abs() < 1.0, "{on} - {off}");
+    }
+
+    /// Token buckets widen every class's head row and each example's
+    /// activations, and are priced so: the estimate once priced the head
+    /// at the body's 384 values, not 384 + 1,024.
+    #[test]
+    fn token_buckets_are_priced_in_the_head_and_the_activations() {
+        let shipped: Manifest = serde_json::from_str(include_str!("../../models/intents/manifest.json")).unwrap();
+        let mut plain = shipped.clone();
+        if let Architecture::Features { lexical, .. } = &mut plain.architecture {
+            assert_eq!(*lexical, 1024, "the shipped intents model has token buckets");
+            *lexical = 0;
+        }
+        let (with, without) = (profile(&shipped.architecture), profile(&plain.architecture));
+        assert_eq!(with.head_flops_per_class, 2.0 * (384.0 + 1024.0));
+        assert_eq!(without.head_flops_per_class, 2.0 * 384.0);
+        assert!(with.act_bytes > without.act_bytes);
+        assert_eq!(with.fwd_flops, without.fwd_flops, "the buckets bypass the body");
     }
 
     #[test]
