@@ -15,6 +15,24 @@ pub fn mark(ids: impl IntoIterator<Item = u32>, out: &mut [f32]) {
     }
 }
 
+/// Rows of `dim + buckets` values: each text's `dim` values from `dense`
+/// (row-major `[texts, dim]`), then its buckets marked from its ids. The one
+/// place both the encoder and the training data build a row.
+pub fn widen<I: IntoIterator<Item = u32>>(
+    dense: &[f32],
+    dim: usize,
+    buckets: usize,
+    ids: impl IntoIterator<Item = I>,
+) -> Vec<f32> {
+    let w = dim + buckets;
+    let mut out = vec![0f32; dense.len() / dim.max(1) * w];
+    for ((row, v), ids) in out.chunks_mut(w).zip(dense.chunks(dim.max(1))).zip(ids) {
+        row[..dim].copy_from_slice(v);
+        mark(ids, &mut row[dim..]);
+    }
+    out
+}
+
 /// The ids of a tokenized text that are its own word-pieces: not special
 /// (`[CLS]`, `[SEP]`) and not padding.
 pub fn content_ids<'a>(ids: &'a [u32], special: &'a [u32], mask: &'a [u32]) -> impl Iterator<Item = u32> + 'a {
@@ -43,5 +61,12 @@ mod tests {
         let mut out = vec![0f32; 4];
         mark([1, 5, 2], &mut out);
         assert_eq!(out, vec![0.0, 1.0, 1.0, 0.0]);
+    }
+
+    #[test]
+    fn widened_rows_are_the_embedding_then_its_own_buckets() {
+        let dense = [0.5f32, -0.5, 1.0, 2.0];
+        let rows = widen(&dense, 2, 3, [vec![4u32], vec![0, 2]]);
+        assert_eq!(rows, vec![0.5, -0.5, 0.0, 1.0, 0.0, 1.0, 2.0, 1.0, 0.0, 1.0]);
     }
 }

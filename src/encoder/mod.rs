@@ -342,14 +342,8 @@ impl Encoder {
         if self.spec.lexical == 0 {
             return Ok(v);
         }
-        let w = self.spec.width();
-        let mut out = vec![0f32; b * w];
-        for (i, t) in tokens.iter().enumerate() {
-            let row = &mut out[i * w..(i + 1) * w];
-            row[..d].copy_from_slice(&v[i * d..(i + 1) * d]);
-            lexical::mark(lexical::content_ids(&t.ids, &t.special, &t.mask), &mut row[d..]);
-        }
-        Ok(out)
+        let ids = tokens.iter().map(|t| lexical::content_ids(&t.ids, &t.special, &t.mask));
+        Ok(lexical::widen(&v, d, self.spec.lexical, ids))
     }
 }
 

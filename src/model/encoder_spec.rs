@@ -58,12 +58,8 @@ pub struct EncoderSpec {
     /// Token buckets appended after the `dim` values (`crate::encoder::lexical`):
     /// 1 where some word-piece of the text (special tokens left out) has an
     /// id ≡ the bucket modulo `lexical`; 0: none.
-    #[serde(default, skip_serializing_if = "is_zero")]
+    #[serde(default, skip_serializing_if = "super::is_zero")]
     pub lexical: usize,
-}
-
-fn is_zero(n: &usize) -> bool {
-    *n == 0
 }
 
 impl EncoderSpec {

@@ -39,17 +39,12 @@ impl IntentData {
     /// The same utterances with `buckets` token buckets after each
     /// embedding, as an encoder with `lexical: buckets` gives them.
     pub fn with_lexical(&self, buckets: usize) -> IntentData {
-        let w = self.dim + buckets;
-        let mut embeddings = vec![0f32; self.tokens.len() * w];
-        for (i, row) in embeddings.chunks_mut(w).enumerate() {
-            row[..self.dim].copy_from_slice(self.embedding(i));
-            crate::encoder::lexical::mark(self.tokens[i].iter().copied(), &mut row[self.dim..]);
-        }
+        let ids = self.tokens.iter().map(|t| t.iter().copied());
         IntentData {
-            dim: w,
+            dim: self.dim + buckets,
             intents: self.intents.clone(),
             rows: self.rows.clone(),
-            embeddings,
+            embeddings: crate::encoder::lexical::widen(&self.embeddings, self.dim, buckets, ids),
             tokens: self.tokens.clone(),
         }
     }
