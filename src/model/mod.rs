@@ -347,29 +347,26 @@ impl Architecture {
                     cosine: false,
                 },
             };
+            // The embedding's part starts at the prototypes; any token
+            // buckets' weights at the shared row, as without the start.
             let lexical = self.lexical();
-            if lexical == 0 {
-                let (w, b) = proto::start(&params[k - 2], &params[k - 1], &h, onehot, weights, kind)?;
-                params[k - 2] = w;
-                params[k - 1] = b;
-            } else {
-                // The embedding's part starts at the prototypes; the token
-                // buckets' weights at the shared row, as without the start.
-                let f = h.dim(2)? - lexical;
-                let w0 = &params[k - 2];
-                let (w, b) = proto::start(
-                    &w0.narrow(D::Minus1, 0, f)?,
-                    &params[k - 1],
-                    &h.narrow(2, 0, f)?,
-                    onehot,
-                    weights,
-                    kind,
-                )?;
+            let f = h.dim(2)? - lexical;
+            let w0 = &params[k - 2];
+            let (mut w, b) = proto::start(
+                &w0.narrow(D::Minus1, 0, f)?,
+                &params[k - 1],
+                &h.narrow(2, 0, f)?,
+                onehot,
+                weights,
+                kind,
+            )?;
+            if lexical > 0 {
                 let (t, c, _) = w.dims3()?;
                 let v = w0.narrow(D::Minus1, f, lexical)?.broadcast_as((t, c, lexical))?;
-                params[k - 2] = Tensor::cat(&[&w, &v], 2)?;
-                params[k - 1] = b;
+                w = Tensor::cat(&[&w, &v], 2)?;
             }
+            params[k - 2] = w;
+            params[k - 1] = b;
         }
         Ok(params)
     }
