@@ -79,6 +79,7 @@ fn main() -> candle_core::Result<()> {
         side: 28,
         hidden: 64,
         proto_start: false,
+        shift_radius: 0,
     }
     .params()
     .iter()

@@ -39,11 +39,17 @@ fn problem(task: TaskKind, seed: u64) -> Problem {
 
 /// A conv4 with 3 filters on 16×16 inputs (a 1×1 feature map), 3 classes.
 fn conv_problem(seed: u64, proto_start: bool) -> Problem {
+    conv_problem_shifted(seed, proto_start, 0)
+}
+
+/// The same with a shift ensemble of `shift_radius`.
+fn conv_problem_shifted(seed: u64, proto_start: bool, shift_radius: usize) -> Problem {
     let arch = Architecture::Conv4 {
         channels: 1,
         side: 16,
         hidden: 3,
         proto_start,
+        shift_radius,
     };
     problem_for(arch, TaskKind::Classification, seed, 256, 3)
 }
@@ -219,6 +225,15 @@ fn conv4_metagradient_matches_finite_differences() {
 fn conv4_prototype_start_metagradient_matches_finite_differences() {
     check_problem(conv_problem(15, true), 1);
     check_problem(conv_problem(16, true), 2);
+}
+
+/// The shift ensemble (`conv::features`): the copies, the mean of their
+/// unit features and its normalization are differentiated exactly, with
+/// the class-shared head and with the prototype start.
+#[test]
+fn conv4_shift_ensemble_metagradient_matches_finite_differences() {
+    check_problem(conv_problem_shifted(25, false, 1), 1);
+    check_problem(conv_problem_shifted(26, true, 1), 2);
 }
 
 /// The text intents head: a class-shared head on feature vectors, plain

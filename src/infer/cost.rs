@@ -100,7 +100,11 @@ fn profile(arch: &Architecture) -> Profile {
             }
         }
         Architecture::Conv4 {
-            channels, side, hidden, ..
+            channels,
+            side,
+            hidden,
+            shift_radius,
+            ..
         } => {
             let (mut s, mut cin) = (*side, *channels);
             let (mut fwd, mut acts) = (0usize, 0usize);
@@ -113,10 +117,12 @@ fn profile(arch: &Architecture) -> Profile {
                 cin = *hidden;
             }
             let feat = hidden * conv::feature_side(*side).pow(2);
+            // A shift ensemble runs every copy through the body.
+            let copies = conv::shift_copies(*shift_radius);
             Profile {
-                fwd_flops: fwd as f64,
+                fwd_flops: (copies * fwd) as f64,
                 head_flops_per_class: 2.0 * feat as f64,
-                act_bytes: CONV_OVERHEAD * F32 * (acts + 4 * feat) as u64,
+                act_bytes: CONV_OVERHEAD * F32 * (copies * (acts + 4 * feat) + channels * side * side * copies) as u64,
             }
         }
         Architecture::Features {
@@ -258,8 +264,14 @@ pub fn admit(model: &str, l: &CostLimits, c: &Counts, e: &Estimate) -> Result<()
 mod tests {
     use super::*;
 
+    /// The shipped Omniglot manifest without its shift ensemble: one body
+    /// pass an image.
     fn omniglot() -> Manifest {
-        serde_json::from_str(include_str!("../../models/omniglot/manifest.json")).unwrap()
+        let mut m: Manifest = serde_json::from_str(include_str!("../../models/omniglot/manifest.json")).unwrap();
+        if let Architecture::Conv4 { shift_radius, .. } = &mut m.architecture {
+            *shift_radius = 0;
+        }
+        m
     }
 
     fn caps() -> ServerCaps {
@@ -288,6 +300,31 @@ mod tests {
             1000,
         );
         assert!((60e6..110e6).contains(&one.flops), "{}", one.flops);
+    }
+
+    /// A shift ensemble of radius 1 runs nine copies of every image through
+    /// the body, forward and backward, and holds their activations: the
+    /// estimate and the chunks follow.
+    #[test]
+    fn a_shift_ensemble_costs_nine_body_passes_an_image() {
+        let plain = omniglot();
+        let mut shifted = plain.clone();
+        if let Architecture::Conv4 { shift_radius, .. } = &mut shifted.architecture {
+            *shift_radius = 1;
+        }
+        let (p, s) = (profile(&plain.architecture), profile(&shifted.architecture));
+        assert_eq!(s.fwd_flops, 9.0 * p.fwd_flops);
+        assert!(s.act_bytes >= 9 * p.act_bytes, "{} vs {}", s.act_bytes, p.act_bytes);
+        let c = Counts {
+            support: 20,
+            classes: 20,
+            steps: 1,
+            queries: 100,
+            ..Default::default()
+        };
+        let ratio = estimate(&shifted, &c, 1000).flops / estimate(&plain, &c, 1000).flops;
+        assert!((8.5..9.0).contains(&ratio), "{ratio}");
+        assert!(chunk_rows(&shifted.architecture, 20, 256 << 20) * 9 <= chunk_rows(&plain.architecture, 20, 256 << 20));
     }
 
     /// The prototype start runs the support set through the body once more

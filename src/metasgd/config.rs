@@ -96,6 +96,12 @@ pub struct TrainConfig {
     #[arg(long)]
     #[serde(default)]
     pub proto_start: Option<f64>,
+    /// For conv4 models: the head sees a shift ensemble of each image, the
+    /// mean feature of its translations by up to this many pixels
+    /// (`model::conv::features`; (2r+1)² body passes an image). 0: none.
+    #[arg(long, default_value_t = 0)]
+    #[serde(default)]
+    pub shift_radius: usize,
     /// For text models: append this many token buckets to each embedding
     /// (`encoder::lexical`), with one head weight per bucket. 0: none.
     #[arg(long, default_value_t = 0)]

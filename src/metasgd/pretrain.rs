@@ -21,7 +21,7 @@ use serde::{Deserialize, Serialize};
 use super::run::{run, Job, RunArgs, RunFiles};
 use crate::images::{rotate, PIXELS, SIDE};
 use crate::model::conv::{conv3x3, max_pool2, to_features, to_images};
-use crate::model::layers::linear;
+use crate::model::layers::{linear, unit_rows};
 use crate::model::loss::{cross_entropy, nearest_prototype};
 use crate::model::{store, Architecture};
 use crate::tasks::augment::Augment;
@@ -60,6 +60,17 @@ pub struct PretrainConfig {
     #[arg(long, default_value_t = 1.0)]
     #[serde(default = "full_strength")]
     pub augment_strength: f32,
+    /// With S > 0 the 3,856-way head is a cosine classifier (Baseline++,
+    /// Chen et al. 2019): class c scores `S · cos(w_c, f) + b_c`, so
+    /// training separates classes by angle, the comparison nearest-centroid
+    /// and the served head make on normalized features. 0: a linear head.
+    #[arg(long, default_value_t = 0.0)]
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub cosine_scale: f64,
+}
+
+fn is_zero(s: &f64) -> bool {
+    *s == 0.0
 }
 
 fn full_strength() -> f32 {
@@ -232,7 +243,15 @@ impl Job for PretrainJob {
         let (x, y) = batch(&self.data, &mut rng, self.cfg.batch, aug.as_ref(), &self.device)?;
         let p: Vec<Tensor> = vars.iter().map(|v| v.as_tensor().clone()).collect();
         let f = body_bn(&p, &x)?;
-        let logits = linear(&f, &p[16], &p[17])?.squeeze(0)?;
+        let logits = if self.cfg.cosine_scale > 0.0 {
+            unit_rows(&f)?
+                .broadcast_matmul(&unit_rows(&p[16])?.t()?)?
+                .affine(self.cfg.cosine_scale, 0.0)?
+                .broadcast_add(&p[17])?
+        } else {
+            linear(&f, &p[16], &p[17])?
+        }
+        .squeeze(0)?;
         let (loss, acc) = cross_entropy(&logits, &y)?;
         let grads = loss.backward()?;
         let gs = vars
@@ -271,6 +290,7 @@ impl Job for PretrainJob {
             side: SIDE,
             hidden: HIDDEN,
             proto_start: false,
+            shift_radius: 0,
         };
         store::save_params(&self.cfg.out.join("init.safetensors"), &arch, &[("theta", &theta)])
     }

@@ -302,6 +302,11 @@ fn manifest_for(cfg: &TrainConfig, fam: &dyn TaskFamily) -> anyhow::Result<Manif
         }
         Architecture::Mlp { .. } => {}
     }
+    match &mut manifest.architecture {
+        Architecture::Conv4 { shift_radius, .. } => *shift_radius = cfg.shift_radius,
+        _ if cfg.shift_radius > 0 => bail!("--shift-radius applies to conv4 models only"),
+        _ => {}
+    }
     if let Architecture::Features {
         hidden,
         center,

@@ -23,6 +23,7 @@ fn cfg(out: &Path, iters: u64) -> TrainConfig {
         linear_body: false,
         task_center: false,
         proto_start: None,
+        shift_radius: 0,
         lexical: 0,
         alpha_lexical: None,
         alpha_body: None,

@@ -424,6 +424,7 @@ pub(crate) mod tests {
             side: 28,
             hidden: 4,
             proto_start,
+            shift_radius: 0,
         };
         let theta = arch
             .params()

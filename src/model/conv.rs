@@ -127,11 +127,62 @@ pub fn to_features(h: &Tensor) -> Result<Tensor> {
 
 /// The four conv blocks. `params` holds `c1.weight, c1.bias, ..., c4.bias`.
 pub fn body(params: &[Tensor], x: &Tensor, channels: usize, side: usize) -> Result<Tensor> {
-    let mut h = to_images(x, channels, side)?;
+    to_features(&blocks(params, to_images(x, channels, side)?)?)
+}
+
+fn blocks(params: &[Tensor], mut h: Tensor) -> Result<Tensor> {
     for l in 0..4 {
         h = max_pool2(&conv3x3(&h, &params[2 * l], &params[2 * l + 1])?)?.relu()?;
     }
-    to_features(&h)
+    Ok(h)
+}
+
+/// What the head sees, `[T, N, F]`: the body's features scaled to length
+/// [`FEATURE_NORM`]. With `shift_radius` r > 0, a shift ensemble: each
+/// image is also translated by every (dy, dx) with |dy|, |dx| ≤ r pixels
+/// (zero fill), the (2r+1)² copies go through the body, and the mean of
+/// their unit features is normalized again. Test-time augmentation inside
+/// the model, per image, so a support drawing's prototype and a query's
+/// feature are both averaged over small shifts of the pen.
+pub fn features(params: &[Tensor], x: &Tensor, channels: usize, side: usize, shift_radius: usize) -> Result<Tensor> {
+    if shift_radius == 0 {
+        return l2_normalize(&body(params, x, channels, side)?);
+    }
+    let h = to_images(x, channels, side)?;
+    let (t, _, n, _, _) = h.dims5()?;
+    let copies = shifted_copies(&h, shift_radius)?;
+    let s = copies.dim(2)? / n;
+    let f = to_features(&blocks(params, copies)?)?; // [T, S·N, F]
+    let f = super::layers::unit_rows(&f.reshape((t, s, n, ()))?)?;
+    l2_normalize(&f.mean(1)?)
+}
+
+/// `[T, C, N, H, W]` images and their translations by every (dy, dx) in
+/// [−r, r]² (zero fill; content moves down and right for positive shifts),
+/// stacked along the sample dimension: `[T, C, (2r+1)²·N, H, W]`, the
+/// unshifted copy first.
+pub fn shifted_copies(h: &Tensor, r: usize) -> Result<Tensor> {
+    let (_, _, _, hh, ww) = h.dims5()?;
+    let p = h.pad_with_zeros(3, r, r)?.pad_with_zeros(4, r, r)?;
+    let ri = r as isize;
+    let mut shifts = vec![(0isize, 0isize)];
+    for dy in -ri..=ri {
+        for dx in -ri..=ri {
+            if (dy, dx) != (0, 0) {
+                shifts.push((dy, dx));
+            }
+        }
+    }
+    let copies = shifts
+        .iter()
+        .map(|&(dy, dx)| p.narrow(3, (ri - dy) as usize, hh)?.narrow(4, (ri - dx) as usize, ww))
+        .collect::<Result<Vec<_>>>()?;
+    Tensor::cat(&copies, 2)
+}
+
+/// Copies of each image a shift ensemble of radius `r` runs through the body.
+pub fn shift_copies(r: usize) -> usize {
+    (2 * r + 1).pow(2)
 }
 
 /// Scales each feature vector (last dim) to unit length. Per sample, so a
@@ -214,6 +265,72 @@ mod tests {
             routed[1] == 0.0 && routed[6] == 0.0,
             "a tied window's gradient goes to its first element only"
         );
+    }
+
+    /// A shifted copy moves the content by (dy, dx) and fills with zeros.
+    #[test]
+    fn shifted_copies_move_the_ink_and_fill_with_paper() {
+        let dev = Device::Cpu;
+        let mut v = vec![0f32; 25];
+        v[2 * 5 + 2] = 1.0; // the centre of a 5×5 image
+        v[0] = 0.5; // a corner that a shift pushes off the image
+        let h = Tensor::from_vec(v, (1, 1, 1, 5, 5), &dev).unwrap();
+        let c = shifted_copies(&h, 1).unwrap();
+        assert_eq!(c.dims(), &[1, 1, 9, 5, 5]);
+        let c = c.flatten_all().unwrap().to_vec1::<f32>().unwrap();
+        // Copy 0 is the image; copy 1 is (dy, dx) = (−1, −1): up and left.
+        assert_eq!(&c[..25], h.flatten_all().unwrap().to_vec1::<f32>().unwrap().as_slice());
+        assert_eq!(c[25 + 5 + 1], 1.0);
+        assert_eq!(c[25..50].iter().sum::<f32>(), 1.0, "the corner left the image");
+        // The last copy is (1, 1): down and right, the corner kept.
+        assert_eq!(c[8 * 25 + 3 * 5 + 3], 1.0);
+        assert_eq!(c[8 * 25 + 5 + 1], 0.5);
+        assert_eq!(shift_copies(1), 9);
+    }
+
+    /// The ensemble is the renormalized mean of the copies' unit features,
+    /// and radius 0 is the plain normalized body.
+    #[test]
+    fn a_shift_ensemble_averages_the_unit_features_of_the_copies() {
+        let dev = Device::Cpu;
+        let params: Vec<Tensor> = (0..4)
+            .flat_map(|l| {
+                let cin = if l == 0 { 1 } else { 4 };
+                [
+                    Tensor::randn(0f64, 0.5, (4, cin, 3, 3), &dev).unwrap(),
+                    Tensor::randn(0f64, 0.1, 4, &dev).unwrap(),
+                ]
+            })
+            .collect();
+        let x = Tensor::rand(0f64, 1.0, (2, 3, 16 * 16), &dev).unwrap();
+        let plain = features(&params, &x, 1, 16, 0).unwrap();
+        let want0 = l2_normalize(&body(&params, &x, 1, 16).unwrap()).unwrap();
+        assert_eq!(plain.to_vec3::<f64>().unwrap(), want0.to_vec3::<f64>().unwrap());
+        let got = features(&params, &x, 1, 16, 1).unwrap().to_vec3::<f64>().unwrap();
+        let imgs = shifted_copies(&to_images(&x, 1, 16).unwrap(), 1).unwrap();
+        let f = to_features(&blocks(&params, imgs).unwrap())
+            .unwrap()
+            .to_vec3::<f64>()
+            .unwrap();
+        for t in 0..2 {
+            for n in 0..3 {
+                let mut mean = [0f64; 4];
+                for s in 0..9 {
+                    let row = &f[t][s * 3 + n];
+                    let len = row.iter().map(|v| v * v).sum::<f64>().sqrt().max(1e-300);
+                    mean.iter_mut().zip(row).for_each(|(m, v)| *m += v / len / 9.0);
+                }
+                let len = mean.iter().map(|v| v * v).sum::<f64>().sqrt();
+                for j in 0..4 {
+                    let want = FEATURE_NORM * mean[j] / len;
+                    assert!(
+                        (got[t][n][j] - want).abs() < 1e-9,
+                        "{t} {n} {j}: {} vs {want}",
+                        got[t][n][j]
+                    );
+                }
+            }
+        }
     }
 
     #[test]

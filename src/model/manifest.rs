@@ -147,6 +147,13 @@ impl Manifest {
                     self.architecture.input_dim()
                 ))
             }
+            (InputKind::Text, Some(e)) if e.lexical != self.architecture.lexical() => {
+                return Err(format!(
+                    "the encoder appends {} token buckets but the architecture reads {}",
+                    e.lexical,
+                    self.architecture.lexical()
+                ))
+            }
             (InputKind::Text, Some(_)) => {}
             (_, Some(_)) => return Err("only text inputs have an `encoder`".into()),
             (_, None) => {}

@@ -48,6 +48,11 @@ pub enum Architecture {
         hidden: usize,
         #[serde(default, skip_serializing_if = "std::ops::Not::not")]
         proto_start: bool,
+        /// With r > 0 the head sees a shift ensemble of each image: the
+        /// mean feature of its (2r+1)² translations by up to r pixels
+        /// ([`conv::features`]), at (2r+1)² times the body's cost.
+        #[serde(default, skip_serializing_if = "is_zero")]
+        shift_radius: usize,
     },
     /// A class-shared head (as in `Conv4`) on feature vectors such as
     /// sentence embeddings. In order:
@@ -98,6 +103,9 @@ pub enum Architecture {
         lexical: usize,
     },
 }
+
+/// The largest conv4 shift ensemble: 25 copies of each image.
+pub const MAX_SHIFT_RADIUS: usize = 2;
 
 fn is_zero(n: &usize) -> bool {
     *n == 0
@@ -249,11 +257,21 @@ impl Architecture {
     pub fn validate(&self) -> std::result::Result<(), String> {
         match self {
             Architecture::Conv4 {
-                channels, side, hidden, ..
+                channels,
+                side,
+                hidden,
+                shift_radius,
+                ..
             } => {
                 if *channels == 0 || *hidden == 0 || conv::feature_side(*side) == 0 {
                     return Err(format!(
                         "conv4 needs channels and hidden > 0 and side >= 16, got {channels}, {hidden}, {side}"
+                    ));
+                }
+                if *shift_radius > MAX_SHIFT_RADIUS {
+                    return Err(format!(
+                        "conv4's shift_radius is at most {MAX_SHIFT_RADIUS} ({} copies of each image), got {shift_radius}",
+                        conv::shift_copies(MAX_SHIFT_RADIUS)
                     ));
                 }
             }
@@ -291,9 +309,12 @@ impl Architecture {
     /// embedding). `x` is `[T, N, in]`.
     pub fn centroid_features(&self, params: &[Tensor], x: &Tensor) -> Result<Tensor> {
         match self {
-            Architecture::Conv4 { channels, side, .. } => {
-                conv::l2_normalize(&conv::body(&params[..8], x, *channels, *side)?)
-            }
+            Architecture::Conv4 {
+                channels,
+                side,
+                shift_radius,
+                ..
+            } => conv::features(&params[..8], x, *channels, *side, *shift_radius),
             _ => Ok(x.clone()),
         }
     }
@@ -393,9 +414,12 @@ impl Architecture {
     /// (the head's two tensors may follow; they are not read).
     pub fn embed(&self, params: &[Tensor], x: &Tensor) -> Result<Tensor> {
         match self {
-            Architecture::Conv4 { channels, side, .. } => {
-                conv::l2_normalize(&conv::body(&params[..8], x, *channels, *side)?)
-            }
+            Architecture::Conv4 {
+                channels,
+                side,
+                shift_radius,
+                ..
+            } => conv::features(&params[..8], x, *channels, *side, *shift_radius),
             Architecture::Features {
                 dim,
                 hidden,

@@ -277,6 +277,7 @@ impl TaskFamily for OmniglotTasks {
                 side: SIDE,
                 hidden: 64,
                 proto_start: false,
+                shift_radius: 0,
             },
             n_way: Some(MAX_WAY),
             default_steps: 1,

@@ -253,7 +253,7 @@ async fn a_batch_holds_no_more_memory_than_the_activation_limit() {
     // set whole (images are not padded): two such jobs (10 images'
     // activations) are over it, so no two share a batch, however many queue.
     let m = metasgd::model::load_model(&shipped_models().join("omniglot"), &candle_core::Device::Cpu).unwrap();
-    let mb = (1..64u64)
+    let mb = (1..1024u64)
         .find(|mb| metasgd::infer::cost::chunk_rows(m.architecture(), 5, mb << 20) >= 5)
         .unwrap();
     let models = model_copy("omniglot", "omniglot-cap");

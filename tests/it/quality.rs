@@ -35,8 +35,9 @@ fn shipped_sinusoid_model_adapts_well() {
     );
 }
 
-/// The shipped Omniglot model on 200 fresh 5-way 1-shot episodes from the
-/// evaluation alphabets (never seen in training), 15 queries per class.
+/// The shipped Omniglot model on 100 fresh 5-way 1-shot episodes from the
+/// evaluation alphabets (never seen in training), 15 queries per class,
+/// through its shift ensemble (98.1% over 300 episodes in the README).
 #[test]
 fn shipped_omniglot_model_classifies_unseen_alphabets() {
     use metasgd::tasks::omniglot::{Omniglot, OmniglotTasks, Split};
@@ -52,19 +53,19 @@ fn shipped_omniglot_model_classifies_unseen_alphabets() {
     let spec = EvalSpec {
         shots: 1,
         steps: model.manifest.default_steps,
-        tasks: 200,
+        tasks: 100,
         queries: 15,
         seed: 777, // not the seed of the published evaluation
     };
     let (_, acc) = task_losses(&model, &fam, spec, &Device::Cpu).unwrap();
     let (a, ci) = mean_ci95(&acc.unwrap());
     eprintln!(
-        "omniglot 5-way 1-shot, 200 episodes: accuracy {:.2}% ± {:.2}",
+        "omniglot 5-way 1-shot, 100 episodes: accuracy {:.2}% ± {:.2}",
         100.0 * a,
         100.0 * ci
     );
     assert!(
-        a > 0.93,
+        a > 0.95,
         "5-way 1-shot accuracy {a} on unseen alphabets is below the shipped model's level"
     );
 }

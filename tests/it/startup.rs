@@ -214,6 +214,34 @@ fn text_model_with(edit: impl FnOnce(&mut serde_json::Value)) -> std::path::Path
     d
 }
 
+/// The bucket count is declared in the encoder and in the architecture; a
+/// manifest that splits the same width differently (the encoder's 1,408
+/// values read as 1,408 embedding dimensions) would run as another model.
+#[test]
+fn token_buckets_declared_differently_by_encoder_and_architecture_are_rejected() {
+    let d = text_model_with(|m| {
+        m["encoder"]["dim"] = 1408.into();
+        m["encoder"]["lexical"] = 0.into();
+    });
+    let err = serve_fails(&d);
+    assert!(
+        err.contains("manifest.json") && err.contains("token buckets") && err.contains("1024"),
+        "{err}"
+    );
+}
+
+#[test]
+fn a_shift_ensemble_past_its_cap_is_rejected() {
+    let d = models_dir_from("omniglot", |m| {
+        with_manifest(m, |v| v["architecture"]["shift_radius"] = 3.into())
+    });
+    let err = serve_fails(&d);
+    assert!(
+        err.contains("manifest.json") && err.contains("shift_radius") && err.contains("at most 2"),
+        "{err}"
+    );
+}
+
 #[test]
 fn missing_encoder_file_is_named_in_the_error() {
     let d = text_model_with(|m| m["encoder"]["model"] = serde_json::json!({"path": "my-encoder.onnx"}));

@@ -181,9 +181,23 @@ fn conv4_classification_alone_equals_batched_bit_for_bit() {
         side: 16,
         hidden: 4,
         proto_start: false,
+        shift_radius: 0,
     };
     // Images are not padded (`row_bucket`): one bucket is one size.
     check(&arch, TaskKind::Classification, &[(6, 5), (6, 3), (6, 6)], 3);
+}
+
+/// A shift ensemble's copies and their mean stay within each task.
+#[test]
+fn conv4_shift_ensemble_alone_equals_batched_bit_for_bit() {
+    let arch = Architecture::Conv4 {
+        channels: 1,
+        side: 16,
+        hidden: 4,
+        proto_start: true,
+        shift_radius: 1,
+    };
+    check(&arch, TaskKind::Classification, &[(6, 5), (6, 3)], 2);
 }
 
 #[test]
@@ -252,6 +266,7 @@ fn prototype_starts_alone_equal_batched_and_unpadded() {
         side: 16,
         hidden: 4,
         proto_start: true,
+        shift_radius: 0,
     };
     check(&conv, TaskKind::Classification, &[(6, 5), (6, 3), (6, 6)], 2);
     for lexical in [0, 5] {
@@ -285,6 +300,7 @@ fn buckets_depend_on_the_counts_alone() {
         side: 28,
         hidden: 64,
         proto_start: false,
+        shift_radius: 0,
     };
     assert_eq!(
         [1, 4, 5, 10, 64, 65, 100].map(|n| row_bucket(&mlp, n)),
