@@ -10,6 +10,10 @@
 //! `tests/gradcheck.rs` checks this network's gradients against finite
 //! differences.
 //!
+//! [`features`] is what the head sees: the body's features at a fixed
+//! length, or with a shift ensemble, their mean over small translations of
+//! each image.
+//!
 //! There is no normalization layer at serve or meta-train time, so one
 //! input's prediction never depends on the others in its request. Batch norm
 //! is used only in supervised pre-training and is then folded into each
