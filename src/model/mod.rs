@@ -309,12 +309,7 @@ impl Architecture {
     /// embedding). `x` is `[T, N, in]`.
     pub fn centroid_features(&self, params: &[Tensor], x: &Tensor) -> Result<Tensor> {
         match self {
-            Architecture::Conv4 {
-                channels,
-                side,
-                shift_radius,
-                ..
-            } => conv::features(&params[..8], x, *channels, *side, *shift_radius),
+            Architecture::Conv4 { .. } => self.embed(params, x),
             _ => Ok(x.clone()),
         }
     }
