@@ -60,14 +60,14 @@ pub struct EvalSpec {
 }
 
 /// Per-task query losses (and accuracies, for classification) of `model`
-/// on fresh tasks, sampled `fam.eval_chunk()` tasks at a time.
+/// on fresh tasks, sampled [`chunk`] tasks at a time.
 pub fn task_losses(
     model: &LoadedModel,
     fam: &dyn TaskFamily,
     spec: EvalSpec,
     device: &Device,
 ) -> anyhow::Result<(Vec<f64>, Option<Vec<f64>>)> {
-    let per_task = over_episodes(fam, spec, device, |ep| {
+    let per_task = over_episodes(fam, spec, chunk(fam, model.architecture()), device, |ep| {
         let (l, a) = episode_losses(
             model.architecture(),
             model.manifest.task,
@@ -85,12 +85,22 @@ pub fn task_losses(
     Ok((losses, accs))
 }
 
+/// Tasks evaluated at once for `arch` on `fam`: the family's chunk divided
+/// by the body passes an input costs (a conv4 shift ensemble's nine copies
+/// held 18 GB at 20-way 5-shot in 20-task chunks).
+pub fn chunk(fam: &dyn TaskFamily, arch: &Architecture) -> usize {
+    (fam.eval_chunk() / arch.passes_per_input()).max(1)
+}
+
 /// Draws `spec.tasks` episodes from the random stream `spec` fixes (so
-/// every caller at the same `spec` sees the same tasks), `fam.eval_chunk()`
-/// at a time, and collects `f`'s per-task values.
+/// every caller at the same `spec` sees the same tasks), `chunk` at a time
+/// (the image and text families draw their tasks one after another, so the
+/// chunk does not change which tasks they draw), and collects `f`'s
+/// per-task values.
 pub fn over_episodes<T>(
     fam: &dyn TaskFamily,
     spec: EvalSpec,
+    chunk: usize,
     device: &Device,
     mut f: impl FnMut(Episode) -> anyhow::Result<Vec<T>>,
 ) -> anyhow::Result<Vec<T>> {
@@ -99,7 +109,7 @@ pub fn over_episodes<T>(
     let mut out = Vec::with_capacity(spec.tasks);
     let mut left = spec.tasks;
     while left > 0 {
-        let n = left.min(fam.eval_chunk());
+        let n = left.min(chunk.max(1));
         out.extend(f(fam.sample(&mut rng, n, spec.shots, spec.queries, device)?)?);
         left -= n;
     }
@@ -183,7 +193,8 @@ pub fn centroid_accuracies(
     spec: EvalSpec,
     device: &Device,
 ) -> anyhow::Result<Vec<f64>> {
-    over_episodes(fam, spec, device, |ep| {
+    let n = model.map_or(fam.eval_chunk(), |m| chunk(fam, m.architecture()));
+    over_episodes(fam, spec, n, device, |ep| {
         let (Target::OneHot(s1), Target::OneHot(q1)) = (&ep.support_t, &ep.query_t) else {
             anyhow::bail!("nearest-centroid needs a classification family");
         };

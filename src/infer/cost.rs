@@ -100,11 +100,7 @@ fn profile(arch: &Architecture) -> Profile {
             }
         }
         Architecture::Conv4 {
-            channels,
-            side,
-            hidden,
-            shift_radius,
-            ..
+            channels, side, hidden, ..
         } => {
             let (mut s, mut cin) = (*side, *channels);
             let (mut fwd, mut acts) = (0usize, 0usize);
@@ -118,7 +114,7 @@ fn profile(arch: &Architecture) -> Profile {
             }
             let feat = hidden * conv::feature_side(*side).pow(2);
             // A shift ensemble runs every copy through the body.
-            let copies = conv::shift_copies(*shift_radius);
+            let copies = arch.passes_per_input();
             Profile {
                 fwd_flops: (copies * fwd) as f64,
                 head_flops_per_class: 2.0 * feat as f64,

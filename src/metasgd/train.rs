@@ -40,7 +40,7 @@ pub fn validate(
         seed: cfg.seed.wrapping_add(1_000_003),
     };
     let task = fam.manifest("val").task;
-    let losses = over_episodes(fam, spec, device, |ep| {
+    let losses = over_episodes(fam, spec, crate::eval::chunk(fam, arch), device, |ep| {
         Ok(episode_losses(arch, task, theta, rule, cfg.inner_loss, ep, spec.steps)?.0)
     })?;
     Ok(crate::eval::mean_ci95(&losses).0)

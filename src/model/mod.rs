@@ -395,6 +395,14 @@ impl Architecture {
         }
     }
 
+    /// Body passes each input costs: a conv4 shift ensemble's copies, else 1.
+    pub fn passes_per_input(&self) -> usize {
+        match self {
+            Architecture::Conv4 { shift_radius, .. } => conv::shift_copies(*shift_radius),
+            _ => 1,
+        }
+    }
+
     /// True when adaptation starts the head at the class prototypes.
     pub fn proto_start(&self) -> bool {
         matches!(

@@ -30,7 +30,8 @@ pub fn family(name: &str) -> Option<Box<dyn TaskFamily>> {
 /// folder with the release's zips; `intents`: CLINC150's folder;
 /// `intents-hwu64` and `intents-hwu64-wide`: the folder holding `clinc150/`
 /// and `hwu64/`; see `hwu64` for the two protocols); `n_way`
-/// is the classes per task.
+/// is the classes per task. `omniglot-within-alphabet` meta-trains on tasks
+/// within one background alphabet and validates within one evaluation alphabet.
 pub fn families(
     name: &str,
     data: Option<&Path>,
@@ -43,6 +44,11 @@ pub fn families(
             n_way,
             rotations: true,
         }),
+        "omniglot-within-alphabet" => Box::new(within_alphabet::WithinAlphabet::new(
+            omniglot_split(data, omniglot::Split::Background)?,
+            n_way,
+            true,
+        )?),
         "intents" => {
             // Validation: the held-out domains' `val` utterances (`eval` uses their `test`).
             let sets = intents::load(
@@ -105,7 +111,10 @@ pub fn held_out(name: &str, data: Option<&Path>, ways: &[usize]) -> anyhow::Resu
             let ev = omniglot_split(data, omniglot::Split::Evaluation)?;
             ways.iter()
                 .map(|&n_way| {
-                    Ok(Box::new(within_alphabet::WithinAlphabet::new(ev.clone(), n_way)?) as Box<dyn TaskFamily>)
+                    Ok(
+                        Box::new(within_alphabet::WithinAlphabet::new(ev.clone(), n_way, false)?)
+                            as Box<dyn TaskFamily>,
+                    )
                 })
                 .collect()
         }
@@ -123,8 +132,7 @@ pub fn held_out(name: &str, data: Option<&Path>, ways: &[usize]) -> anyhow::Resu
     }
 }
 
-const KNOWN: &str =
-    "sinusoid, omniglot, intents, intents-hwu64, intents-hwu64-wide; held out only: omniglot-within-alphabet";
+const KNOWN: &str = "sinusoid, omniglot, omniglot-within-alphabet, intents, intents-hwu64, intents-hwu64-wide";
 
 /// One intents family over `data` for each class count in `ways`.
 fn intent_families(data: Arc<clinc::IntentData>, ways: &[usize], family: &'static str) -> Vec<Box<dyn TaskFamily>> {

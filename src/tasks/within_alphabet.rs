@@ -7,6 +7,11 @@
 //!
 //! A drawing's drawer is the number after `_` in its file name
 //! (`0965_07.png`: drawer 7 of that alphabet).
+//!
+//! Meta-training draws the same tasks from the background alphabets, each
+//! task turned by a random number of quarter turns (every drawing of the
+//! task alike), so that hard tasks, characters that look alike, are what
+//! the body learns to tell apart.
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
@@ -18,20 +23,23 @@ use rand_chacha::ChaCha8Rng;
 use super::episode::Episode;
 use super::family::TaskFamily;
 use super::omniglot::{Omniglot, OmniglotTasks};
-use crate::images::PIXELS;
+use crate::images::{rotate, PIXELS};
 use crate::model::Manifest;
 
 /// N-way tasks within one alphabet of `data`, support and queries by different drawers.
 pub struct WithinAlphabet {
     data: Arc<Omniglot>,
     n_way: usize,
+    /// Turn each task by a random number of quarter turns (meta-training).
+    rotations: bool,
     /// Per alphabet: its characters, each as drawer → drawing index.
     alphabets: Vec<Vec<BTreeMap<u32, usize>>>,
 }
 
 impl WithinAlphabet {
-    /// Indexes `data`'s drawings by alphabet, character and drawer.
-    pub fn new(data: Arc<Omniglot>, n_way: usize) -> anyhow::Result<Self> {
+    /// Indexes `data`'s drawings by alphabet, character and drawer; with
+    /// `rotations`, every task is turned by 0 to 3 quarter turns.
+    pub fn new(data: Arc<Omniglot>, n_way: usize, rotations: bool) -> anyhow::Result<Self> {
         let mut by_alphabet: BTreeMap<&str, Vec<BTreeMap<u32, usize>>> = BTreeMap::new();
         for ch in &data.characters {
             let mut drawers = BTreeMap::new();
@@ -52,7 +60,12 @@ impl WithinAlphabet {
             "no alphabet of {:?} has {n_way} characters",
             data.split
         );
-        Ok(Self { data, n_way, alphabets })
+        Ok(Self {
+            data,
+            n_way,
+            rotations,
+            alphabets,
+        })
     }
 
     /// The drawing indices of one task: per label, K support then Q query drawings.
@@ -96,17 +109,29 @@ impl TaskFamily for WithinAlphabet {
         k_query: usize,
         device: &Device,
     ) -> Result<Episode> {
-        let picks = (0..tasks)
+        let mut picks = (0..tasks)
             .map(|_| self.draw(rng, k_support, k_query))
             .collect::<Result<Vec<_>>>()?;
-        Episode::from_picks(&picks, self.n_way, k_support, PIXELS, |i| self.data.image(i), device)
+        if !self.rotations {
+            return Episode::from_picks(&picks, self.n_way, k_support, PIXELS, |i| self.data.image(i), device);
+        }
+        // Each task's drawings, turned alike; the picks then index `turned`.
+        let mut turned = Vec::new();
+        for task in &mut picks {
+            let turns = sample(rng, 4, 1).index(0);
+            for i in task.iter_mut().flatten() {
+                turned.push(rotate(self.data.image(*i), turns));
+                *i = turned.len() - 1;
+            }
+        }
+        Episode::from_picks(&picks, self.n_way, k_support, PIXELS, |i| &turned[i], device)
     }
 
     fn manifest(&self, name: &str) -> Manifest {
         OmniglotTasks {
             data: self.data.clone(),
             n_way: self.n_way,
-            rotations: false,
+            rotations: self.rotations,
         }
         .manifest(name)
     }
@@ -120,7 +145,7 @@ impl TaskFamily for WithinAlphabet {
     }
 
     fn with_n_way(&self, n: usize) -> Option<Box<dyn TaskFamily>> {
-        Self::new(self.data.clone(), n)
+        Self::new(self.data.clone(), n, self.rotations)
             .ok()
             .map(|f| Box::new(f) as Box<dyn TaskFamily>)
     }

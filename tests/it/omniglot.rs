@@ -129,7 +129,7 @@ fn episodes_have_disjoint_support_and_query_permuted_labels_and_per_class_rotati
 fn within_alphabet_tasks_keep_one_alphabet_and_separate_drawers() {
     use metasgd::tasks::within_alphabet::WithinAlphabet;
     let Some(ev) = data(Split::Evaluation) else { return };
-    let fam = WithinAlphabet::new(ev.clone(), 20).unwrap();
+    let fam = WithinAlphabet::new(ev.clone(), 20, false).unwrap();
     let drawer = |i: usize| ev.files[i].rsplit_once('_').unwrap().1.to_string();
     let owner = |i: usize| {
         ev.characters
@@ -170,5 +170,78 @@ fn within_alphabet_tasks_keep_one_alphabet_and_separate_drawers() {
     assert_eq!(ep.support_x.dims(), [2, 20, PIXELS]);
     assert_eq!(ep.query_x.dims(), [2, 20, PIXELS]);
     // An alphabet needs n_way characters: no evaluation alphabet has 48.
-    assert!(WithinAlphabet::new(ev, 48).is_err());
+    assert!(WithinAlphabet::new(ev, 48, false).is_err());
+}
+
+/// Meta-training's within-alphabet tasks (background alphabets) turn every
+/// drawing of a task by the same quarter turns, and all four turns occur.
+#[test]
+fn within_alphabet_training_tasks_turn_each_task_alike() {
+    use metasgd::tasks::within_alphabet::WithinAlphabet;
+    let Some(bg) = data(Split::Background) else { return };
+    let fam = WithinAlphabet::new(bg.clone(), 5, true).unwrap();
+    let mut turns_seen = std::collections::HashSet::new();
+    for seed in 0..12 {
+        // The same stream draws the same picks; the turns come after them.
+        let picks = fam.draw(&mut ChaCha8Rng::seed_from_u64(seed), 1, 1).unwrap();
+        let ep = fam
+            .sample(&mut ChaCha8Rng::seed_from_u64(seed), 1, 1, 1, &Device::Cpu)
+            .unwrap();
+        let support = ep.support_x.flatten_all().unwrap().to_vec1::<f32>().unwrap();
+        let turns: Vec<usize> = picks
+            .iter()
+            .enumerate()
+            .map(|(label, p)| {
+                let row = &support[label * PIXELS..(label + 1) * PIXELS];
+                (0..4)
+                    .find(|&t| rotate(bg.image(p[0]), t) == row)
+                    .expect("each support drawing is its pick, turned")
+            })
+            .collect();
+        assert!(turns.iter().all(|&t| t == turns[0]), "one turn a task: {turns:?}");
+        turns_seen.insert(turns[0]);
+    }
+    assert_eq!(turns_seen.len(), 4, "all four turns occur: {turns_seen:?}");
+}
+
+/// Regression: `eval` of a shift-ensemble model at 20-way 5-shot adapted 20
+/// tasks at once and held 18 GB before the kernel stopped it. Its chunk now
+/// shrinks by the nine copies, and the smaller chunks draw the same tasks.
+#[test]
+fn shift_ensemble_eval_ran_out_of_memory_now_chunks_by_copies() {
+    use metasgd::eval::{chunk, over_episodes, EvalSpec};
+    use metasgd::model::Architecture;
+    let Some(ev) = data(Split::Evaluation) else { return };
+    let fam = OmniglotTasks {
+        data: ev,
+        n_way: 20,
+        rotations: false,
+    };
+    let conv4 = |shift_radius| Architecture::Conv4 {
+        channels: 1,
+        side: 28,
+        hidden: 64,
+        proto_start: false,
+        shift_radius,
+    };
+    assert_eq!(chunk(&fam, &conv4(0)), 20);
+    assert_eq!(chunk(&fam, &conv4(1)), 2, "20 tasks / 9 copies");
+    let spec = EvalSpec {
+        shots: 5,
+        steps: 1,
+        tasks: 5,
+        queries: 1,
+        seed: 7,
+    };
+    let draw = |n| {
+        over_episodes(&fam, spec, n, &Device::Cpu, |ep| {
+            let (t, s, d) = ep.support_x.dims3()?;
+            let x = ep.support_x.reshape((t, s * d))?.to_vec2::<f32>()?;
+            Ok(x)
+        })
+        .unwrap()
+    };
+    let (whole, chunked) = (draw(20), draw(2));
+    assert_eq!(whole.len(), 5);
+    assert!(whole == chunked, "chunks of 2 draw the tasks one chunk of 5 draws");
 }
